@@ -1,0 +1,118 @@
+"""A conversation actor: owns one conversation's state, routing and delivery lanes.
+
+It runs the pure state machine and hands everything else to the edge as effects:
+writes first, and only once they are durable, the sends and timers that follow from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.messages import ConversationClosed, Dispatch
+from router.clock import Clock
+from router.conversation import Context, Conversation, Step, handle
+from router.effects import Edge, Persist, Ref, Tell, TellAt
+from router.events import DeliveryOutcome, RetryDue
+from router.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
+from router.records import (
+    InboxDone,
+    RemoveDelivery,
+    SaveConversation,
+    SaveDelivery,
+    SaveSession,
+    Write,
+)
+
+
+@dataclass(frozen=True)
+class ConversationDeps:
+    """What every conversation actor shares: the edge, the endpoints, time and ids."""
+
+    edge: Edge
+    core: Ref
+    endpoints: dict[str, Ref]
+    clock: Clock
+    delays: tuple[float, ...]
+    next_delivery_id: Callable[[], int]
+    new_id: Callable[[], str]
+
+
+class ConversationActor(pykka.ThreadingActor):  # type: ignore[misc]
+    def __init__(
+        self,
+        conversation: Conversation,
+        lanes: dict[str, Lane],
+        deps: ConversationDeps,
+        *,
+        initial: list[LaneDecision] | None = None,
+        persist_new: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conversation = conversation
+        self.lanes = lanes
+        self.deps = deps
+        self._initial = initial or []
+        self._persist_new = persist_new
+        self.log = structlog.get_logger("router.conversation").bind(
+            conversation_id=conversation.conversation_id
+        )
+
+    def on_start(self) -> None:
+        if self._initial or self._persist_new:
+            step = Step(self.conversation, self.lanes, list(self._initial), self._persist_new)
+            self._carry_out(step, was_open=True)
+
+    def on_receive(self, message: Any) -> None:
+        ctx = Context(
+            now=self.deps.clock.now(),
+            delays=self.deps.delays,
+            next_delivery_id=self.deps.next_delivery_id,
+            new_id=self.deps.new_id,
+        )
+        was_open = self.conversation.status == "open"
+        step = handle(self.conversation, self.lanes, message, ctx)
+        self.conversation, self.lanes = step.conversation, step.lanes
+        self._carry_out(step, was_open)
+
+    def _carry_out(self, step: Step, was_open: bool) -> None:
+        now = self.deps.clock.now()
+        writes: list[Write] = []
+        if step.changed:
+            writes.append(SaveConversation(step.conversation, now))
+        writes.extend(SaveSession(s) for s in step.sessions)
+        then: list[Tell | TellAt] = []
+        for decision in step.decisions:
+            match decision:
+                case Save(delivery=d):
+                    writes.append(SaveDelivery(d))
+                    if d.status == "dead":
+                        self.log.warning("delivery_dead_lettered", delivery_id=d.delivery_id,
+                                         dest=d.dest.key, attempts=d.attempts, error=d.last_error)
+                case Remove(delivery_id=delivery_id):
+                    writes.append(RemoveDelivery(delivery_id))
+                case Send(delivery=d):
+                    then.append(self._send(d))
+                case RetryAt(delivery_id=delivery_id, dest=dest, at=at):
+                    then.append(TellAt(at, self.actor_ref, RetryDue(delivery_id, dest.key)))
+        if step.inbox_done is not None:
+            writes.append(InboxDone(step.inbox_done))
+        if writes or then:
+            self.deps.edge.submit(Persist(tuple(writes), tuple(then)))
+        if was_open and step.conversation.status == "closed":
+            self.deps.core.tell(
+                ConversationClosed(step.conversation.conversation_id, step.conversation.key)
+            )
+
+    def _send(self, delivery: Any) -> Tell:
+        endpoint = self.deps.endpoints.get(delivery.dest.key)
+        if endpoint is None:
+            # The destination was removed: fail the attempt so that it ends as a dead letter.
+            outcome = DeliveryOutcome(delivery.delivery_id, delivery.dest.key, ok=False,
+                                      attempted=True, error="unknown destination", inactive=False)
+            return Tell(self.actor_ref, outcome)
+        return Tell(endpoint, Dispatch(delivery, self.actor_ref))

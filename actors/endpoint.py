@@ -1,0 +1,75 @@
+"""An endpoint actor guards one destination: it counts failures and, for a bot, parks
+deliveries while the integration is out of service and releases them once it is verified."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.messages import AttemptResult, Dispatch, Reconfigure, Verified
+from router.effects import Attempt, Edge, Persist, Ref
+from router.endpoint_state import EndpointState, on_attempt, on_verified
+from router.events import DeliveryOutcome, Release
+from router.records import SaveIntegrationState
+
+
+class EndpointActor(pykka.ThreadingActor):  # type: ignore[misc]
+    def __init__(self, state: EndpointState, edge: Edge, threshold: int) -> None:
+        super().__init__()
+        self.state = state
+        self.edge = edge
+        self.threshold = threshold
+        self.parked: dict[int, Ref] = {}  # conversation refs by identity, in parking order
+        self.log = structlog.get_logger("router.endpoint").bind(dest=state.dest.key)
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case Dispatch(delivery=delivery, conversation=conversation):
+                if self.state.inactive:
+                    self._park(conversation)
+                    conversation.tell(DeliveryOutcome(
+                        delivery.delivery_id, delivery.dest.key, ok=False, attempted=False,
+                        error="integration inactive", inactive=True,
+                    ))
+                    return
+                self.edge.submit(Attempt(
+                    delivery, self.state.url, self.state.access_token,
+                    reply_to=self.actor_ref, conversation=conversation,
+                ))
+            case AttemptResult(delivery=delivery, conversation=conversation, ok=ok, error=error):
+                self._count(ok)
+                if not ok and self.state.inactive:
+                    self._park(conversation)
+                conversation.tell(DeliveryOutcome(
+                    delivery.delivery_id, delivery.dest.key, ok=ok, attempted=True,
+                    error=error, inactive=self.state.inactive,
+                ))
+            case Verified():
+                self._set(on_verified(self.state))
+                self.log.info("integration_reactivated", released=len(self.parked))
+                parked, self.parked = self.parked, {}
+                for conversation in parked.values():
+                    conversation.tell(Release(self.state.dest.key))
+            case Reconfigure(url=url, access_token=token):
+                self.state = replace(self.state, url=url, access_token=token)
+
+    def _count(self, ok: bool) -> None:
+        before = self.state
+        self._set(on_attempt(before, ok=ok, threshold=self.threshold))
+        if self.state.inactive and not before.inactive:
+            self.log.warning(
+                "integration_inactive", consecutive_failures=self.state.consecutive_failures
+            )
+
+    def _set(self, new: EndpointState) -> None:
+        old, self.state = self.state, new
+        if self.state.dest.kind == "bot" and (
+            old.state, old.consecutive_failures) != (new.state, new.consecutive_failures):
+            self.edge.submit(Persist((SaveIntegrationState(
+                new.dest.id, new.state, new.consecutive_failures),)))
+
+    def _park(self, conversation: Ref) -> None:
+        self.parked.setdefault(id(conversation), conversation)

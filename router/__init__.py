@@ -1,0 +1,1 @@
+"""The conversation router: channels in, bots and contact centers out."""

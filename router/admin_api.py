@@ -1,0 +1,190 @@
+"""The operator's API under /v1/admin: integrations, CCSPs and dead letters."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from actors.messages import ToConversation, Verified
+from router.events import Replay
+from router.http_util import json_response, read_json, require_bearer
+from router.inbound import InputError, bad_request
+from router.public_api import ROUTER
+from router.records import get_conversation, get_delivery
+
+if TYPE_CHECKING:
+    from router.daemon import Router
+    from router.integrations import Integration
+
+
+def admin_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/admin/ccsp", list_ccsp)
+    app.router.add_get("/v1/admin/ccsp/{id}", get_ccsp)
+    app.router.add_get("/v1/admin/integrations", list_integrations)
+    app.router.add_post("/v1/admin/integrations", create_integration)
+    app.router.add_get("/v1/admin/integrations/{id}", get_integration)
+    app.router.add_patch("/v1/admin/integrations/{id}", patch_integration)
+    app.router.add_delete("/v1/admin/integrations/{id}", delete_integration)
+    app.router.add_post("/v1/admin/integrations/{id}/verify", verify_integration)
+    app.router.add_post("/v1/admin/dead-letters/{id}/replay", replay_dead_letter)
+
+
+def _admin(request: web.Request) -> Router:
+    router = request.app[ROUTER]
+    require_bearer(request, router.config.admin_token)
+    return router
+
+
+def _integration(router: Router, request: web.Request) -> Integration:
+    item_id = request.match_info["id"]
+    integration = router.integrations.items.get(item_id)
+    if integration is None:
+        raise InputError(404, "unknown_integration", f"no integration {item_id!r}")
+    return integration
+
+
+async def _view(router: Router, integration: Integration) -> dict[str, Any]:
+    health = await router.integrations.health()
+    return router.integration_view(integration, health.get(integration.id, {}))
+
+
+def _ccsp_view(router: Router, ccsp_id: str) -> dict[str, Any]:
+    ccsp = router.config.ccsp(ccsp_id)
+    assert ccsp is not None
+    return {"id": ccsp.id, "url": ccsp.url, "webhook_url": router.ccsp_webhook_url(ccsp.id)}
+
+
+async def list_ccsp(request: web.Request) -> web.Response:
+    router = _admin(request)
+    return json_response([_ccsp_view(router, c.id) for c in router.config.ccsps])
+
+
+async def get_ccsp(request: web.Request) -> web.Response:
+    router = _admin(request)
+    if router.config.ccsp(request.match_info["id"]) is None:
+        raise InputError(404, "unknown_ccsp", f"no CCSP {request.match_info['id']!r}")
+    return json_response(_ccsp_view(router, request.match_info["id"]))
+
+
+async def list_integrations(request: web.Request) -> web.Response:
+    router = _admin(request)
+    health = await router.integrations.health()
+    return json_response([
+        router.integration_view(i, health.get(i.id, {}))
+        for i in router.integrations.items.values()
+    ])
+
+
+async def get_integration(request: web.Request) -> web.Response:
+    router = _admin(request)
+    return json_response(await _view(router, _integration(router, request)))
+
+
+EDITABLE = ("name", "url", "access_token")
+
+
+def _fields(body: Any, *, required: bool) -> dict[str, str]:
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    allowed = (*EDITABLE, "id") if required else EDITABLE
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise bad_request(f"unknown field {unknown[0]!r}; expected {', '.join(allowed)}")
+    fields: dict[str, str] = {}
+    for key in allowed:
+        value = body.get(key)
+        if value is None:
+            if required and key != "id":
+                raise bad_request(f"{key} is required")
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise bad_request(f"{key} must be a non-empty string")
+        if key == "url" and not value.startswith(("http://", "https://")):
+            raise bad_request("url must be an http:// or https:// URL")
+        if key == "id" and ("/" in value or len(value) > 100):
+            raise bad_request("id must be at most 100 characters without '/'")
+        fields[key] = value
+    if not required and not fields:
+        raise bad_request(f"nothing to change; send any of {', '.join(EDITABLE)}")
+    return fields
+
+
+async def create_integration(request: web.Request) -> web.Response:
+    router = _admin(request)
+    fields = _fields(await read_json(request), required=True)
+    if fields.get("id") in router.integrations.items:
+        raise InputError(409, "duplicate_id", f"integration {fields['id']!r} exists")
+    integration = await router.integrations.create(
+        fields["name"], fields["url"], fields["access_token"], fields.get("id")
+    )
+    router.add_endpoint(integration)
+    return json_response(await _view(router, integration), status=201)
+
+
+async def patch_integration(request: web.Request) -> web.Response:
+    router = _admin(request)
+    integration = _integration(router, request)
+    fields = _fields(await read_json(request), required=False)
+    integration = await router.integrations.update(integration.id, fields)
+    router.reconfigure_endpoint(integration)
+    return json_response(await _view(router, integration))
+
+
+async def delete_integration(request: web.Request) -> web.Response:
+    router = _admin(request)
+    integration = _integration(router, request)
+    if integration.origin == "config":
+        raise InputError(409, "defined_in_config",
+                         f"{integration.id!r} is defined in {router.config.source}; remove it there")
+    if any(r.bot == integration.id for s in router.config.services for r in s.rules):
+        raise InputError(409, "in_use", f"a service rule routes to {integration.id!r}")
+    owed = await router.store.read(lambda c: c.execute(
+        "SELECT count(*) FROM deliveries WHERE dest_kind = 'bot' AND dest_id = ? "
+        "AND status != 'dead'", (integration.id,)).fetchone()[0])
+    if owed:
+        raise InputError(409, "deliveries_pending", f"{owed} deliveries are still owed to it")
+    await router.integrations.delete(integration.id)
+    router.remove_endpoint(integration.id)
+    return web.Response(status=204)
+
+
+async def verify_integration(request: web.Request) -> web.Response:
+    """Send a challenge; only the same challenge back, in time, returns the bot to service."""
+    router = _admin(request)
+    integration = _integration(router, request)
+    challenge = secrets.token_urlsafe(18)
+    ok, error, payload = await router.edge.exchange(
+        integration.url, integration.access_token, {"Event": "Verify", "challenge": challenge}
+    )
+    if ok:
+        try:
+            answer = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict) or answer.get("challenge") != challenge:
+            ok, error = False, "the answer did not carry the challenge that was sent"
+    if not ok:
+        raise InputError(422, "verification_failed", f"webhook verification failed: {error}")
+    await router.store.write(lambda c: c.execute(
+        "UPDATE integrations SET state = 'active', consecutive_failures = 0 WHERE id = ?",
+        (integration.id,)))
+    router.endpoints[f"bot:{integration.id}"].tell(Verified())
+    return json_response(await _view(router, integration))
+
+
+async def replay_dead_letter(request: web.Request) -> web.Response:
+    router = _admin(request)
+    try:
+        delivery_id = int(request.match_info["id"])
+    except ValueError:
+        raise bad_request("a dead letter id is a number") from None
+    delivery = await router.store.read(lambda c: get_delivery(c, delivery_id))
+    if delivery is None or delivery.status != "dead":
+        raise InputError(404, "unknown_dead_letter", f"no dead letter {delivery_id}")
+    conversation = await router.store.read(lambda c: get_conversation(c, delivery.conversation_id))
+    router.core.tell(ToConversation(delivery.conversation_id, conversation, Replay(delivery)))
+    return json_response({"replayed": delivery_id}, status=202)
+

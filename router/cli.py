@@ -1,0 +1,114 @@
+"""`router serve --config PATH`: the daemon's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import orjson
+import structlog
+
+from router.config import ConfigError, load_config
+from router.daemon import Router, StartError
+
+
+def configure_logging(json_logs: bool, level: str) -> None:
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        if json_logs
+        else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=(
+            structlog.BytesLoggerFactory(sys.stderr.buffer)
+            if json_logs
+            else structlog.PrintLoggerFactory(sys.stderr)
+        ),
+        cache_logger_on_first_use=True,
+    )
+    # pykka reports crashed actors through the standard library.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="router",
+        description=(
+            "Conversation router: routes customer events from digital channels to flows, bots "
+            "and contact-center agents, with durable, retried webhook delivery."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the daemon", description="Run the router daemon until SIGINT or SIGTERM."
+    )
+    serve.add_argument("--config", required=True, metavar="PATH",
+                       help="the TOML configuration file (see config/router.toml)")
+    serve.add_argument("--log-format", choices=("json", "console"), default="json",
+                       help="log output format (default: json, one object per line)")
+    serve.add_argument("--log-level", default="info",
+                       choices=("debug", "info", "warning", "error"), help="default: info")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file and exit",
+        description="Validate a configuration file; exit 0 when the daemon would accept it.",
+    )
+    check.add_argument("--config", required=True, metavar="PATH")
+    return parser
+
+
+async def serve(config_path: str) -> int:
+    config = load_config(config_path)
+    router = Router(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await router.start()
+    try:
+        await stop.wait()
+    finally:
+        await router.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "check-config":
+        try:
+            load_config(args.config)
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok")
+        return 0
+    configure_logging(args.log_format == "json", args.log_level)
+    try:
+        return asyncio.run(serve(args.config))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except StartError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The daemon: its parts started in order and stopped in reverse.
+
+HTTP doors hold this object and talk to the actors only by `tell`; the actors reach the
+outside only through the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from actors.conversation import ConversationDeps
+from actors.core import CoreActor
+from actors.endpoint import EndpointActor
+from actors.messages import Reconfigure, Restore
+from router.admin_api import admin_routes
+from router.clock import Clock, SystemClock
+from router.config import Config, ConfigError, check_references
+from router.debug_api import debug_app
+from router.edge import IoEdge
+from router.endpoint_state import EndpointState
+from router.ids import Sequence, new_id, new_token
+from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
+from router.intake import Intake
+from router.integrations import Integration, Integrations
+from router.metrics import Metrics
+from router.model import Delivery, Destination
+from router.records import (
+    InboxDone,
+    apply_writes,
+    get_conversation,
+    live_deliveries,
+    max_delivery_id,
+    pending_inbox,
+    webhook_token,
+)
+from router.public_api import public_app
+from router.store import Store
+
+
+class StartError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+class Router:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.store = Store(config.store_path)
+        self.edge = IoEdge(self.store, self.clock, config.delivery.timeout_s, self.metrics)
+        self.integrations = Integrations(self.store)
+        self.ccsp_tokens: dict[str, str] = {}
+        self.endpoints: dict[str, Any] = {}
+        self.core: Any = None
+        self.intake: Intake | None = None
+        self.public_url = config.server.public_url or ""
+        self.public_runner: web.AppRunner | None = None
+        self.debug_runner: web.AppRunner | None = None
+        self.public_port = 0
+        self.debug_port = 0
+        self.log = structlog.get_logger("router.daemon")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        started: list[str] = []
+        try:
+            self.start_store()
+            started.append("store")
+            await self.edge.start()
+            started.append("edge")
+            await self.load_integrations()
+            self.start_actors()
+            started.append("actors")
+            await self.restore()
+            await self.start_http()
+            started.append("http")
+        except BaseException:
+            await self._stop(started)
+            raise
+        self.log.info("router_started", public=self.public_url, debug_port=self.debug_port,
+                      store=str(self.config.store_path))
+
+    async def stop(self) -> None:
+        await self._stop(["store", "edge", "actors", "http"])
+        self.log.info("router_stopped")
+
+    async def _stop(self, started: list[str]) -> None:
+        if "http" in started:
+            await self.stop_http()
+        if "actors" in started:
+            await self.stop_actors()
+        if "edge" in started:
+            await self.edge.stop()
+        if "store" in started:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+
+    def start_store(self) -> None:
+        try:
+            self.store.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise StartError(f"cannot open the store at {self.config.store_path}: {exc}") from exc
+
+    async def load_integrations(self) -> None:
+        await self.integrations.load(self.config.integrations)
+        try:
+            check_references(self.config, set(self.integrations.items))
+        except ConfigError as exc:
+            raise StartError(str(exc)) from exc
+        for ccsp in self.config.ccsps:
+            pinned = ccsp.webhook_token is not None
+            proposed = ccsp.webhook_token or new_token()
+            self.ccsp_tokens[ccsp.id] = await self.store.write(
+                lambda conn, c=ccsp.id, p=proposed, pin=pinned: webhook_token(conn, "ccsp", c, p, pin)
+            )
+
+    def start_actors(self) -> None:
+        threshold = self.config.delivery.inactive_after_failures
+        health = self.store.read_now(
+            lambda conn: {r["id"]: (r["state"], r["consecutive_failures"])
+                          for r in conn.execute("SELECT * FROM integrations")}
+        )
+        for integration in self.integrations.items.values():
+            self.add_endpoint(integration, *health.get(integration.id, ("active", 0)))
+        states = [EndpointState(Destination("ccsp", c.id), c.url, c.access_token) for c in self.config.ccsps]
+        states += [EndpointState(Destination("flow", f.id), f.url) for f in self.config.flows]
+        states += [EndpointState(Destination("channel", a.id), a.outbound_url, a.token)
+                   for a in self.config.assets]
+        for state in states:
+            self.endpoints[state.dest.key] = EndpointActor.start(state, self.edge, threshold)
+        sequence = Sequence(self.store.read_now(max_delivery_id))
+
+        def deps(core: Any) -> ConversationDeps:
+            return ConversationDeps(
+                edge=self.edge, core=core, endpoints=self.endpoints, clock=self.clock,
+                delays=self.config.delivery.retry_delays_s, next_delivery_id=sequence,
+                new_id=new_id,
+            )
+
+        self.core = CoreActor.start(deps, self.edge)
+        self.intake = Intake(self.config, self.store, self.core)
+
+    def add_endpoint(self, integration: Integration, state: str = "active", failures: int = 0) -> None:
+        endpoint_state = EndpointState(
+            Destination("bot", integration.id), integration.url, integration.access_token,
+            "inactive" if state == "inactive" else "active", failures,
+        )
+        self.endpoints[endpoint_state.dest.key] = EndpointActor.start(
+            endpoint_state, self.edge, self.config.delivery.inactive_after_failures
+        )
+
+    def reconfigure_endpoint(self, integration: Integration) -> None:
+        self.endpoints[f"bot:{integration.id}"].tell(
+            Reconfigure(integration.url, integration.access_token)
+        )
+
+    def remove_endpoint(self, integration_id: str) -> None:
+        ref = self.endpoints.pop(f"bot:{integration_id}", None)
+        if ref is not None:
+            ref.stop(block=False)
+
+    async def stop_actors(self) -> None:
+        core, endpoints = self.core, list(self.endpoints.values())
+        self.core = None
+        self.endpoints.clear()
+
+        def stop_all() -> None:
+            if core is not None:
+                core.stop()
+            for ref in endpoints:
+                ref.stop()
+
+        await asyncio.get_running_loop().run_in_executor(None, stop_all)
+
+    async def restore(self) -> None:
+        """Resume every owed delivery, then route what was stored but never routed."""
+        deliveries = self.store.read_now(live_deliveries)
+        grouped: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in deliveries:
+            grouped[delivery.conversation_id].append(delivery)
+        for conversation_id, items in grouped.items():
+            conversation = self.store.read_now(lambda c, i=conversation_id: get_conversation(c, i))
+            if conversation is None:
+                self.log.error("orphan_deliveries", conversation_id=conversation_id)
+                continue
+            self.core.tell(Restore(conversation, tuple(items)))
+        rows = self.store.read_now(pending_inbox)
+        for row in rows:
+            await self.replay_inbox(row["inbox_id"], row["source"], row["source_id"],
+                                    orjson.loads(row["body"]))
+        if grouped or rows:
+            self.log.info("router_restored", conversations=len(grouped), inbox=len(rows))
+
+    async def replay_inbox(self, inbox_id: int, source: str, source_id: str, body: Any) -> None:
+        assert self.intake is not None
+        try:
+            if source == "channel":
+                asset = self.config.asset(source_id)
+                if asset is None:
+                    raise InputError(404, "unknown_asset", source_id)
+                routed = await self.intake.route_channel(asset, parse_channel(body), inbox_id)
+                if not routed:
+                    await self.store.write(lambda c: self._done(c, inbox_id, "unrouted"))
+            elif source == "bot":
+                bot_event = parse_bot(body)
+                conversation = await self.intake.check_bot(source_id, bot_event)
+                self.intake.route_bot(source_id, bot_event, conversation, inbox_id)
+            else:
+                ccsp_event = parse_ccsp(body)
+                conversation = await self.intake.check_ccsp(source_id, ccsp_event)
+                self.intake.route_ccsp(ccsp_event, conversation, inbox_id)
+        except InputError as exc:
+            self.log.warning("inbox_replay_rejected", inbox_id=inbox_id, error=exc.message)
+            await self.store.write(lambda c: self._done(c, inbox_id, "rejected"))
+
+    @staticmethod
+    def _done(conn: sqlite3.Connection, inbox_id: int, status: str) -> None:
+        apply_writes(conn, (InboxDone(inbox_id, status),))
+
+    async def start_http(self) -> None:
+        server = self.config.server
+        public = public_app(self)
+        admin_routes(public)
+        self.public_runner = web.AppRunner(public, access_log=None, handle_signals=False)
+        await self.public_runner.setup()
+        site = web.TCPSite(self.public_runner, server.host, server.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from exc
+        self.public_port = _bound_port(self.public_runner)
+        if not self.public_url:
+            self.public_url = f"http://{server.host}:{self.public_port}"
+        debug = self.config.debug
+        self.debug_runner = web.AppRunner(debug_app(self), access_log=None, handle_signals=False)
+        await self.debug_runner.setup()
+        try:
+            await web.TCPSite(self.debug_runner, debug.host, debug.port).start()
+        except OSError as exc:
+            raise StartError(f"cannot listen on {debug.host}:{debug.port}: {exc.strerror}") from exc
+        self.debug_port = _bound_port(self.debug_runner)
+
+    async def stop_http(self) -> None:
+        for runner in (self.debug_runner, self.public_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self.public_runner = self.debug_runner = None
+
+    # -- views ---------------------------------------------------------------------------
+
+    def bot_webhook_url(self, integration: Integration) -> str:
+        return f"{self.public_url}/v1/bots/{integration.id}/{integration.webhook_token}"
+
+    def ccsp_webhook_url(self, ccsp_id: str) -> str:
+        return f"{self.public_url}/v1/ccsp/{ccsp_id}/{self.ccsp_tokens[ccsp_id]}"
+
+    def integration_view(self, integration: Integration, health: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": integration.id,
+            "name": integration.name,
+            "url": integration.url,
+            "state": health.get("state", "active"),
+            "webhook_url": self.bot_webhook_url(integration),
+            "consecutive_failures": health.get("consecutive_failures", 0),
+        }
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    return 0
+

@@ -1,0 +1,144 @@
+"""The debug port (loopback by default): health, metrics, and what the actors hold."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router.clock import iso_timestamp
+from router.http_util import error_middleware, json_response
+from router.inbound import InputError, bad_request
+from router.model import Delivery
+from router.public_api import ROUTER
+from router.records import (
+    conversation_deliveries,
+    dead_letters,
+    get_conversation,
+    list_conversations,
+    parked_counts,
+)
+
+if TYPE_CHECKING:
+    from router.conversation import Conversation
+    from router.daemon import Router
+
+MAX_PAGE = 500
+
+
+def debug_app(router: Router) -> web.Application:
+    app = web.Application(middlewares=[error_middleware(lambda s: None)])
+    app[ROUTER] = router
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/debug/integrations", integrations)
+    app.router.add_get("/debug/conversations", conversations)
+    app.router.add_get("/debug/conversations/{conversation_id}", conversation)
+    app.router.add_get("/debug/dead-letters", dead_letter_list)
+    return app
+
+
+def _page(request: web.Request) -> tuple[int, str]:
+    raw = request.query.get("limit", "50")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise bad_request(f"limit must be a whole number, got {raw!r}") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise bad_request(f"limit must be between 1 and {MAX_PAGE}")
+    return limit, request.query.get("cursor", "")
+
+
+def delivery_view(d: Delivery) -> dict[str, Any]:
+    return {
+        "delivery_id": d.delivery_id,
+        "destination": d.dest.key,
+        "status": d.status,
+        "attempt": d.attempts,
+        "next_attempt_at": iso_timestamp(d.next_attempt_at),
+        "last_error": d.last_error,
+        "created_at": iso_timestamp(d.created_at),
+        "body": d.body,
+    }
+
+
+def conversation_view(c: Conversation) -> dict[str, Any]:
+    return {
+        "conversation_id": c.conversation_id,
+        "asset": c.asset,
+        "channel": c.channel,
+        "user": c.user,
+        "service": c.service,
+        "bot": c.bot,
+        "ccsp": c.ccsp,
+        "flow": c.flow,
+        "route": c.route,
+        "ccsp_conversation_id": c.ccsp_conversation_id,
+        "status": c.status,
+        "created_at": iso_timestamp(c.created_at),
+        "closed_at": iso_timestamp(c.closed_at),
+    }
+
+
+async def healthz(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    await router.store.read(lambda c: c.execute("SELECT 1").fetchone())
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    body = generate_latest(router.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def integrations(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    health = await router.integrations.health()
+    parked = await router.store.read(parked_counts)
+    return json_response([
+        {**router.integration_view(i, health.get(i.id, {})), "parked": parked.get(i.id, 0)}
+        for i in router.integrations.items.values()
+    ])
+
+
+async def conversations(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    limit, cursor = _page(request)
+    items = await router.store.read(lambda c: list_conversations(c, limit + 1, cursor))
+    page = items[:limit]
+    return json_response({
+        "conversations": [conversation_view(c) for c in page],
+        "next_cursor": page[-1].conversation_id if len(items) > limit else None,
+    })
+
+
+async def conversation(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    cid = request.match_info["conversation_id"]
+    found = await router.store.read(lambda c: get_conversation(c, cid))
+    if found is None:
+        raise InputError(404, "unknown_conversation", f"no conversation {cid!r}")
+    deliveries = await router.store.read(lambda c: conversation_deliveries(c, cid))
+    return json_response({
+        **conversation_view(found),
+        "transcript": list(found.transcript),
+        "deliveries": [delivery_view(d) for d in deliveries if d.status != "dead"],
+        "dead_letters": [delivery_view(d) for d in deliveries if d.status == "dead"],
+    })
+
+
+async def dead_letter_list(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    limit, cursor = _page(request)
+    try:
+        after = int(cursor or 0)
+    except ValueError:
+        raise bad_request("cursor must be a dead letter id") from None
+    items = await router.store.read(lambda c: dead_letters(c, limit + 1, after))
+    page = items[:limit]
+    return json_response({
+        "dead_letters": [{**delivery_view(d), "conversation_id": d.conversation_id} for d in page],
+        "next_cursor": str(page[-1].delivery_id) if len(items) > limit else None,
+    })

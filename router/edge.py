@@ -1,0 +1,142 @@
+"""The I/O edge: the one place that touches the network, the disk and the timers.
+
+Actors hand it effects from their own threads; it runs them on the aiohttp loop and reports
+back by telling actors. Writes are committed before anything that follows from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+import orjson
+import pykka
+import structlog
+
+from actors.messages import AttemptResult
+from router.clock import Clock
+from router.effects import Attempt, Effect, Persist, Tell, TellAt
+from router.metrics import Metrics
+from router.records import apply_writes
+from router.store import Store
+
+
+class IoEdge:
+    def __init__(self, store: Store, clock: Clock, timeout_s: float, metrics: Metrics) -> None:
+        self.store = store
+        self.clock = clock
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.metrics = metrics
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._closing = False
+        self.log = structlog.get_logger("router.edge")
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.session = aiohttp.ClientSession(
+            json_serialize_bytes=orjson.dumps,
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+        )
+
+    async def stop(self) -> None:
+        self._closing = True
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        # Writes already queued finish; attempts in flight are abandoned and resume on restart.
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def submit(self, effect: Effect) -> None:
+        loop = self.loop
+        if loop is None or self._closing:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
+            loop.call_soon_threadsafe(self._run, effect)
+
+    def _run(self, effect: Effect) -> None:
+        if self._closing:
+            return
+        match effect:
+            case Persist(writes=writes, then=then):
+                future = self.store.write(lambda conn: apply_writes(conn, writes))
+                self._spawn(self._after(future, then))
+            case Attempt():
+                self._spawn(self._attempt(effect))
+            case Tell() | TellAt():
+                self._tell(effect)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _after(self, future: asyncio.Future[None], then: tuple[Tell | TellAt, ...]) -> None:
+        try:
+            await future
+        except Exception as exc:
+            self.log.error("persist_failed", error=str(exc))
+        for item in then:
+            self._tell(item)
+
+    def _tell(self, item: Tell | TellAt) -> None:
+        if isinstance(item, TellAt):
+            assert self.loop is not None
+            delay = max(0.0, item.at - self.clock.now())
+
+            def fire() -> None:
+                self._timers.discard(timer)
+                self._tell(Tell(item.ref, item.message))
+
+            timer = self.loop.call_later(delay, fire)
+            self._timers.add(timer)
+            return
+        with contextlib.suppress(pykka.ActorDeadError):
+            item.ref.tell(item.message)
+
+    async def _attempt(self, attempt: Attempt) -> None:
+        ok, error = await self.post(attempt.url, attempt.access_token, attempt.delivery.body)
+        kind = attempt.delivery.dest.kind
+        self.metrics.attempts.labels(kind=kind, outcome="ok" if ok else "failed").inc()
+        if not ok:
+            self.log.info("delivery_attempt_failed", delivery_id=attempt.delivery.delivery_id,
+                          dest=attempt.delivery.dest.key, error=error)
+        with contextlib.suppress(pykka.ActorDeadError):
+            attempt.reply_to.tell(AttemptResult(attempt.delivery, attempt.conversation, ok, error))
+
+    async def post(
+        self, url: str, token: str | None, body: Any
+    ) -> tuple[bool, str | None]:
+        """POST JSON; success is a complete 2xx answer within the timeout."""
+        ok, error, _ = await self.exchange(url, token, body)
+        return ok, error
+
+    async def exchange(
+        self, url: str, token: str | None, body: Any
+    ) -> tuple[bool, str | None, bytes]:
+        assert self.session is not None
+        headers = {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            async with self.session.post(
+                url, json=body, headers=headers, timeout=self.timeout
+            ) as response:
+                payload = await response.read()
+                if 200 <= response.status < 300:
+                    return True, None, payload
+                return False, f"HTTP {response.status}", payload
+        except TimeoutError:
+            return False, f"no answer within {self.timeout.total}s", b""
+        except aiohttp.ClientError as exc:
+            return False, f"{type(exc).__name__}: {exc}", b""

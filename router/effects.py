@@ -1,0 +1,58 @@
+"""What actors ask the I/O edge to do: the only way anything leaves an actor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from router.model import Delivery
+from router.records import Write
+
+
+class Ref(Protocol):
+    """The part of a pykka ActorRef the edge uses: a non-blocking tell."""
+
+    def tell(self, message: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Tell:
+    ref: Ref
+    message: Any
+
+
+@dataclass(frozen=True)
+class TellAt:
+    """Deliver `message` to `ref` at wall-clock time `at` (epoch seconds)."""
+
+    at: float
+    ref: Ref
+    message: Any
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Write these in one transaction, then, once durable, carry out `then` in order."""
+
+    writes: tuple[Write, ...]
+    then: tuple[Tell | TellAt, ...] = ()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One HTTP attempt of a delivery; the result goes back to `reply_to` as AttemptResult."""
+
+    delivery: Delivery
+    url: str
+    access_token: str | None
+    reply_to: Ref
+    conversation: Ref
+
+
+Effect = Persist | Attempt | Tell | TellAt
+
+
+class Edge(Protocol):
+    def submit(self, effect: Effect) -> None:
+        """Hand an effect to the I/O loop; safe from any thread, never blocks."""
+        ...

@@ -1,0 +1,36 @@
+"""A destination's health: consecutive failures, and for bots, in or out of service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from router.model import Destination
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    dest: Destination
+    url: str
+    access_token: str | None = None
+    state: Literal["active", "inactive"] = "active"
+    consecutive_failures: int = 0
+
+    @property
+    def inactive(self) -> bool:
+        return self.state == "inactive"
+
+
+def on_attempt(current: EndpointState, *, ok: bool, threshold: int) -> EndpointState:
+    """Count across all conversations; any success resets; only a bot is taken out of service."""
+    if ok:
+        return replace(current, consecutive_failures=0)
+    failures = current.consecutive_failures + 1
+    state = current.state
+    if current.dest.kind == "bot" and failures >= threshold:
+        state = "inactive"
+    return replace(current, consecutive_failures=failures, state=state)
+
+
+def on_verified(current: EndpointState) -> EndpointState:
+    return replace(current, state="active", consecutive_failures=0)

@@ -1,0 +1,93 @@
+"""What happens to a conversation: the messages its actor takes, as frozen data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.model import Delivery
+
+
+@dataclass(frozen=True)
+class CustomerEvent:
+    inbox_id: int
+    event: str
+    message_id: str
+    fields: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class BotReply:
+    inbox_id: int
+    fields: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class BotHandover:
+    inbox_id: int
+    custom: dict[str, Any] = field(hash=False)
+    flows: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BotEvent:
+    """Milestone Reached, Notify, Unhandled Message or Custom Event."""
+
+    inbox_id: int
+    event: str
+    data: dict[str, Any] = field(hash=False)
+    flows: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BotClose:
+    inbox_id: int
+
+
+@dataclass(frozen=True)
+class AgentMessage:
+    inbox_id: int
+    ccsp_conversation_id: str
+    fields: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class AgentClose:
+    inbox_id: int
+    ccsp_conversation_id: str
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """An endpoint's answer: delivered, failed after an attempt, or parked without one."""
+
+    delivery_id: int
+    dest_key: str
+    ok: bool
+    attempted: bool
+    error: str | None
+    inactive: bool
+
+
+@dataclass(frozen=True)
+class RetryDue:
+    delivery_id: int
+    dest_key: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """The destination is back in service: send what was parked for it."""
+
+    dest_key: str
+
+
+@dataclass(frozen=True)
+class Replay:
+    """An operator sends a dead letter again, behind whatever its lane holds."""
+
+    delivery: Delivery
+
+
+InboundEvent = CustomerEvent | BotReply | BotHandover | BotEvent | BotClose | AgentMessage | AgentClose
+ConversationEvent = InboundEvent | DeliveryOutcome | RetryDue | Release | Replay

@@ -1,0 +1,111 @@
+"""Bot integrations: from the config file and from the admin API, kept in the store.
+
+The in-memory map serves authentication on every bot webhook without a disk read; every
+change is written to the store first and mirrored here once durable.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from router.config import IntegrationConfig
+from router.ids import new_id, new_token
+from router.records import integration_row, integration_rows
+from router.store import Store
+
+Origin = Literal["config", "admin"]
+
+
+@dataclass(frozen=True)
+class Integration:
+    id: str
+    name: str
+    url: str
+    access_token: str
+    webhook_token: str
+    origin: Origin
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Integration:
+        return cls(row["id"], row["name"], row["url"], row["access_token"],
+                   row["webhook_token"], row["origin"])
+
+
+def slug(name: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "bot"
+    return f"{base}-{new_id()[:8]}"
+
+
+class Integrations:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.items: dict[str, Integration] = {}
+
+    async def load(self, configured: tuple[IntegrationConfig, ...]) -> None:
+        """The file wins for what it sets; state, counts and kept tokens stay from the store."""
+
+        def upsert(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            for item in configured:
+                row = integration_row(conn, item.id)
+                token = item.webhook_token or (row["webhook_token"] if row else new_token())
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO integrations (id, name, url, access_token, webhook_token, "
+                        "origin, created_at) VALUES (?, ?, ?, ?, ?, 'config', ?)",
+                        (item.id, item.name, item.url, item.access_token, token, time.time()),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE integrations SET name = ?, url = ?, access_token = ?, "
+                        "webhook_token = ?, origin = 'config' WHERE id = ?",
+                        (item.name, item.url, item.access_token, token, item.id),
+                    )
+            return integration_rows(conn)
+
+        rows = await self.store.write(upsert)
+        self.items = {row["id"]: Integration.from_row(row) for row in rows}
+
+    async def create(self, name: str, url: str, access_token: str, item_id: str | None) -> Integration:
+        integration = Integration(item_id or slug(name), name, url, access_token, new_token(), "admin")
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO integrations (id, name, url, access_token, webhook_token, origin, "
+                "created_at) VALUES (?, ?, ?, ?, ?, 'admin', ?)",
+                (integration.id, name, url, access_token, integration.webhook_token, time.time()),
+            )
+
+        await self.store.write(insert)
+        self.items[integration.id] = integration
+        return integration
+
+    async def update(self, item_id: str, changes: dict[str, str]) -> Integration:
+        updated = replace(self.items[item_id], **changes)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE integrations SET name = ?, url = ?, access_token = ? WHERE id = ?",
+                (updated.name, updated.url, updated.access_token, item_id),
+            )
+
+        await self.store.write(write)
+        self.items[item_id] = updated
+        return updated
+
+    async def delete(self, item_id: str) -> None:
+        await self.store.write(
+            lambda conn: conn.execute("DELETE FROM integrations WHERE id = ?", (item_id,))
+        )
+        self.items.pop(item_id, None)
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """State and failure count as last written by the integration actors."""
+        rows = await self.store.read(integration_rows)
+        return {
+            row["id"]: {"state": row["state"], "consecutive_failures": row["consecutive_failures"]}
+            for row in rows
+        }

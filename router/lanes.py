@@ -1,0 +1,149 @@
+"""Delivery lanes: per conversation and destination, in order, with backoff and parking.
+
+A lane holds the deliveries of one conversation to one destination. Only its head is
+ever on the wire; a failing head holds back the rest of its own lane and nothing else.
+Pure: every function takes a lane and returns the new lane with the decisions to carry out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from router.model import Delivery, Destination
+
+Phase = Literal["idle", "in_flight", "waiting", "parked"]
+
+
+@dataclass(frozen=True)
+class Save:
+    """Write this delivery as it now is."""
+
+    delivery: Delivery
+
+
+@dataclass(frozen=True)
+class Remove:
+    """The delivery arrived: forget it."""
+
+    delivery_id: int
+
+
+@dataclass(frozen=True)
+class Send:
+    """Hand the delivery to its destination's endpoint for one attempt."""
+
+    delivery: Delivery
+
+
+@dataclass(frozen=True)
+class RetryAt:
+    delivery_id: int
+    dest: Destination
+    at: float
+
+
+LaneDecision = Save | Remove | Send | RetryAt
+
+
+@dataclass(frozen=True)
+class Lane:
+    dest: Destination
+    queue: tuple[Delivery, ...] = ()
+    phase: Phase = "idle"
+
+    @property
+    def head(self) -> Delivery | None:
+        return self.queue[0] if self.queue else None
+
+
+Result = tuple[Lane, list[LaneDecision]]
+
+
+def restore(dest: Destination, deliveries: list[Delivery]) -> Result:
+    """Rebuild a lane from the store after a restart: resume where it stood."""
+    lane = Lane(dest, tuple(deliveries), "idle")
+    head = lane.head
+    if head is None:
+        return lane, []
+    if head.status == "retrying" and head.next_attempt_at is not None:
+        return replace(lane, phase="waiting"), [RetryAt(head.delivery_id, dest, head.next_attempt_at)]
+    # Parked lanes are offered again: the endpoint parks them anew if still inactive.
+    return replace(lane, phase="in_flight"), [Send(head)]
+
+
+def enqueue(lane: Lane, delivery: Delivery) -> Result:
+    if lane.phase == "parked":
+        delivery = replace(delivery, status="parked")
+        return replace(lane, queue=(*lane.queue, delivery)), [Save(delivery)]
+    lane = replace(lane, queue=(*lane.queue, delivery))
+    decisions: list[LaneDecision] = [Save(delivery)]
+    if lane.phase == "idle":
+        lane = replace(lane, phase="in_flight")
+        decisions.append(Send(lane.queue[0]))
+    return lane, decisions
+
+
+def on_outcome(
+    lane: Lane,
+    delivery_id: int,
+    *,
+    ok: bool,
+    attempted: bool,
+    error: str | None,
+    inactive: bool,
+    now: float,
+    delays: tuple[float, ...],
+) -> Result:
+    """The endpoint's answer for the head: delivered, failed, or parked without an attempt."""
+    head = lane.head
+    if head is None or head.delivery_id != delivery_id or lane.phase != "in_flight":
+        return lane, []  # stale: a restart or a release already moved on
+    if ok:
+        return _advance(replace(lane, queue=lane.queue[1:]), [Remove(delivery_id)])
+    if attempted:
+        head = replace(head, attempts=head.attempts + 1, last_error=error)
+    if inactive:
+        return _park(replace(lane, queue=(head, *lane.queue[1:])))
+    if head.attempts > len(delays):
+        dead = replace(head, status="dead", next_attempt_at=None)
+        return _advance(replace(lane, queue=lane.queue[1:]), [Save(dead)])
+    at = now + delays[head.attempts - 1]
+    head = replace(head, status="retrying", next_attempt_at=at)
+    lane = replace(lane, queue=(head, *lane.queue[1:]), phase="waiting")
+    return lane, [Save(head), RetryAt(head.delivery_id, lane.dest, at)]
+
+
+def on_retry_due(lane: Lane, delivery_id: int) -> Result:
+    head = lane.head
+    if head is None or head.delivery_id != delivery_id or lane.phase != "waiting":
+        return lane, []
+    return replace(lane, phase="in_flight"), [Send(head)]
+
+
+def release(lane: Lane) -> Result:
+    """The integration is back: every parked delivery gets a fresh schedule, in order."""
+    if lane.phase != "parked":
+        return lane, []
+    queue = tuple(
+        replace(d, status="pending", attempts=0, next_attempt_at=None) for d in lane.queue
+    )
+    lane = replace(lane, queue=queue, phase="in_flight" if queue else "idle")
+    decisions: list[LaneDecision] = [Save(d) for d in queue]
+    if queue:
+        decisions.append(Send(queue[0]))
+    return lane, decisions
+
+
+def _park(lane: Lane) -> Result:
+    queue = tuple(replace(d, status="parked", next_attempt_at=None) for d in lane.queue)
+    return replace(lane, queue=queue, phase="parked"), [Save(d) for d in queue]
+
+
+def _advance(lane: Lane, decisions: list[LaneDecision]) -> Result:
+    head = lane.head
+    if head is None:
+        return replace(lane, phase="idle"), decisions
+    if head.status == "parked":
+        return _park(lane)[0], decisions
+    return replace(lane, phase="in_flight"), [*decisions, Send(head)]

@@ -1,0 +1,101 @@
+"""The public port: channel adapters, bots and CCSPs post their events here.
+
+Every handler checks the caller and the body first, stores the event, and answers only once
+it is on disk; routing happens after, by message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from router.http_util import error_middleware, json_response, read_json, require_bearer, token_matches
+from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
+from router.records import InboxDone, apply_writes, insert_inbox
+
+if TYPE_CHECKING:
+    from router.daemon import Router
+
+ROUTER: web.AppKey[Router] = web.AppKey("router")
+
+
+def public_app(router: "Router") -> web.Application:
+    app = web.Application(
+        client_max_size=router.config.server.max_body_bytes,
+        middlewares=[error_middleware(lambda s: router.metrics.errors.labels(status=str(s)).inc())],
+    )
+    app[ROUTER] = router
+    app.router.add_post("/v1/channels/{asset_id}/events", channel_event)
+    app.router.add_post("/v1/bots/{integration_id}/{webhook_token}", bot_event)
+    app.router.add_post("/v1/ccsp/{ccsp_id}/{webhook_token}", ccsp_event)
+    return app
+
+
+ACCEPTED = {"accepted": True}
+
+
+async def _store(router: "Router", source: str, source_id: str, dedupe: str | None,
+                 body: object) -> tuple[int, bool]:
+    raw = orjson.dumps(body)
+    now = router.clock.now()
+    return await router.store.write(
+        lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now)
+    )
+
+
+async def channel_event(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    asset = router.config.asset(request.match_info["asset_id"])
+    if asset is None:
+        raise InputError(404, "unknown_asset", f"no asset {request.match_info['asset_id']!r}")
+    require_bearer(request, asset.token)
+    body = await read_json(request)
+    event = parse_channel(body)
+    inbox_id, duplicate = await _store(router, "channel", asset.id, event.dedupe_key, body)
+    if duplicate:
+        router.metrics.inbound.labels(source="channel", result="duplicate").inc()
+        return json_response({"accepted": True, "duplicate": True}, status=200)
+    assert router.intake is not None
+    if not await router.intake.route_channel(asset, event, inbox_id):
+        await router.store.write(lambda c: apply_writes(c, (InboxDone(inbox_id, "unrouted"),)))
+        router.metrics.inbound.labels(source="channel", result="unrouted").inc()
+    else:
+        router.metrics.inbound.labels(source="channel", result="accepted").inc()
+    return json_response(ACCEPTED, status=202)
+
+
+async def bot_event(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    integration_id = request.match_info["integration_id"]
+    integration = router.integrations.items.get(integration_id)
+    if integration is None:
+        raise InputError(404, "unknown_integration", f"no integration {integration_id!r}")
+    if not token_matches(request.match_info["webhook_token"], integration.webhook_token):
+        raise InputError(401, "unauthorized", "the webhook token does not match")
+    body = await read_json(request)
+    event = parse_bot(body)
+    assert router.intake is not None
+    conversation = await router.intake.check_bot(integration_id, event)
+    inbox_id, _ = await _store(router, "bot", integration_id, None, body)
+    router.intake.route_bot(integration_id, event, conversation, inbox_id)
+    router.metrics.inbound.labels(source="bot", result="accepted").inc()
+    return json_response(ACCEPTED, status=202)
+
+
+async def ccsp_event(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    ccsp_id = request.match_info["ccsp_id"]
+    if router.config.ccsp(ccsp_id) is None:
+        raise InputError(404, "unknown_ccsp", f"no CCSP {ccsp_id!r}")
+    if not token_matches(request.match_info["webhook_token"], router.ccsp_tokens.get(ccsp_id)):
+        raise InputError(401, "unauthorized", "the webhook token does not match")
+    body = await read_json(request)
+    event = parse_ccsp(body)
+    assert router.intake is not None
+    conversation = await router.intake.check_ccsp(ccsp_id, event)
+    inbox_id, _ = await _store(router, "ccsp", ccsp_id, None, body)
+    router.intake.route_ccsp(event, conversation, inbox_id)
+    router.metrics.inbound.labels(source="ccsp", result="accepted").inc()
+    return json_response(ACCEPTED, status=202)

@@ -1,0 +1,238 @@
+"""The rows behind the store: how each kind of record is written and read back."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from router.conversation import CcspSession, Conversation
+from router.model import Delivery, Destination
+
+
+@dataclass(frozen=True)
+class SaveConversation:
+    conversation: Conversation
+    at: float
+
+
+@dataclass(frozen=True)
+class SaveDelivery:
+    delivery: Delivery
+
+
+@dataclass(frozen=True)
+class RemoveDelivery:
+    delivery_id: int
+
+
+@dataclass(frozen=True)
+class SaveSession:
+    session: CcspSession
+
+
+@dataclass(frozen=True)
+class InboxDone:
+    inbox_id: int
+    status: str = "done"
+
+
+@dataclass(frozen=True)
+class SaveIntegrationState:
+    integration_id: str
+    state: str
+    consecutive_failures: int
+
+
+Write = SaveConversation | SaveDelivery | RemoveDelivery | SaveSession | InboxDone | SaveIntegrationState
+
+
+def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
+    for write in writes:
+        match write:
+            case SaveConversation(conversation=c, at=at):
+                conn.execute(
+                    "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (conversation_id) DO UPDATE SET "
+                    "status = excluded.status, state = excluded.state, updated_at = excluded.updated_at",
+                    (c.conversation_id, c.key, c.status, orjson.dumps(c.to_json()), c.created_at, at),
+                )
+            case SaveDelivery(delivery=d):
+                conn.execute(
+                    "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (d.delivery_id, d.conversation_id, d.dest.kind, d.dest.id, orjson.dumps(d.body),
+                     d.created_at, d.attempts, d.status, d.next_attempt_at, d.last_error),
+                )
+            case RemoveDelivery(delivery_id=delivery_id):
+                conn.execute("DELETE FROM deliveries WHERE delivery_id = ?", (delivery_id,))
+            case SaveSession(session=s):
+                conn.execute(
+                    "INSERT OR REPLACE INTO ccsp_sessions VALUES (?, ?, ?, ?, ?)",
+                    (s.ccsp_conversation_id, s.ccsp, s.conversation_id, s.status, s.at),
+                )
+            case InboxDone(inbox_id=inbox_id, status=status):
+                conn.execute(
+                    "UPDATE inbox SET status = ?, body = CASE WHEN source = 'channel' "
+                    "THEN NULL ELSE body END WHERE inbox_id = ?",
+                    (status, inbox_id),
+                )
+                conn.execute(
+                    "DELETE FROM inbox WHERE inbox_id = ? AND source != 'channel'", (inbox_id,)
+                )
+            case SaveIntegrationState(integration_id=i, state=state, consecutive_failures=n):
+                conn.execute(
+                    "UPDATE integrations SET state = ?, consecutive_failures = ? WHERE id = ?",
+                    (state, n, i),
+                )
+
+
+def insert_inbox(
+    conn: sqlite3.Connection, source: str, source_id: str, dedupe_key: str | None,
+    body: bytes, at: float,
+) -> tuple[int, bool]:
+    """Store an inbound body; (inbox_id, True) when it is a duplicate already stored."""
+    cursor = conn.execute(
+        "INSERT INTO inbox (source, source_id, dedupe_key, body, received_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (source, source_id, dedupe_key, body, at),
+    )
+    if cursor.rowcount == 1:
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid, False
+    row = conn.execute(
+        "SELECT inbox_id FROM inbox WHERE source = ? AND source_id = ? AND dedupe_key = ?",
+        (source, source_id, dedupe_key),
+    ).fetchone()
+    return int(row["inbox_id"]), True
+
+
+def pending_inbox(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT * FROM inbox WHERE status = 'pending' ORDER BY inbox_id"
+    ).fetchall()
+
+
+def conversation_from_row(row: sqlite3.Row | None) -> Conversation | None:
+    return None if row is None else Conversation.from_json(orjson.loads(row["state"]))
+
+
+def get_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:
+    return conversation_from_row(conn.execute(
+        "SELECT state FROM conversations WHERE conversation_id = ?", (conversation_id,)
+    ).fetchone())
+
+
+def open_conversation(conn: sqlite3.Connection, key: str) -> Conversation | None:
+    return conversation_from_row(conn.execute(
+        "SELECT state FROM conversations WHERE conv_key = ? AND status = 'open' "
+        "ORDER BY created_at DESC LIMIT 1", (key,)
+    ).fetchone())
+
+
+def get_session(conn: sqlite3.Connection, ccsp_conversation_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM ccsp_sessions WHERE ccsp_conversation_id = ?", (ccsp_conversation_id,)
+    ).fetchone()
+    return row
+
+
+def session_with_conversation(
+    conn: sqlite3.Connection, ccsp_conversation_id: str
+) -> tuple[sqlite3.Row | None, Conversation | None]:
+    session = get_session(conn, ccsp_conversation_id)
+    if session is None:
+        return None, None
+    return session, get_conversation(conn, session["conversation_id"])
+
+
+def delivery_from_row(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        delivery_id=row["delivery_id"],
+        conversation_id=row["conversation_id"],
+        dest=Destination(row["dest_kind"], row["dest_id"]),
+        body=orjson.loads(row["body"]),
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        status=row["status"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+    )
+
+
+def live_deliveries(conn: sqlite3.Connection) -> list[Delivery]:
+    """Everything still owed, in the order it was created."""
+    rows = conn.execute(
+        "SELECT * FROM deliveries WHERE status != 'dead' ORDER BY delivery_id"
+    ).fetchall()
+    return [delivery_from_row(r) for r in rows]
+
+
+def conversation_deliveries(conn: sqlite3.Connection, conversation_id: str) -> list[Delivery]:
+    rows = conn.execute(
+        "SELECT * FROM deliveries WHERE conversation_id = ? ORDER BY delivery_id",
+        (conversation_id,),
+    ).fetchall()
+    return [delivery_from_row(r) for r in rows]
+
+
+def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery | None:
+    row = conn.execute("SELECT * FROM deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()
+    return None if row is None else delivery_from_row(row)
+
+
+def dead_letters(conn: sqlite3.Connection, limit: int, after: int) -> list[Delivery]:
+    rows = conn.execute(
+        "SELECT * FROM deliveries WHERE status = 'dead' AND delivery_id > ? "
+        "ORDER BY delivery_id LIMIT ?", (after, limit),
+    ).fetchall()
+    return [delivery_from_row(r) for r in rows]
+
+
+def max_delivery_id(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT max(delivery_id) AS m FROM deliveries").fetchone()
+    return int(row["m"] or 0)
+
+
+def list_conversations(conn: sqlite3.Connection, limit: int, after: str) -> list[Conversation]:
+    rows = conn.execute(
+        "SELECT state FROM conversations WHERE conversation_id > ? "
+        "ORDER BY conversation_id LIMIT ?", (after, limit),
+    ).fetchall()
+    return [c for c in map(conversation_from_row, rows) if c is not None]
+
+
+def parked_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT dest_id, count(*) AS n FROM deliveries WHERE dest_kind = 'bot' "
+        "AND status = 'parked' GROUP BY dest_id"
+    ).fetchall()
+    return {r["dest_id"]: r["n"] for r in rows}
+
+
+def integration_rows(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM integrations ORDER BY created_at, id").fetchall()
+
+
+def integration_row(conn: sqlite3.Connection, integration_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM integrations WHERE id = ?", (integration_id,)
+    ).fetchone()
+    return row
+
+
+def webhook_token(conn: sqlite3.Connection, kind: str, item_id: str, proposed: str, pinned: bool) -> str:
+    """The token kept for (kind, id): a pinned one replaces it, else the first one stays."""
+    if pinned:
+        conn.execute("INSERT OR REPLACE INTO webhook_tokens VALUES (?, ?, ?)", (kind, item_id, proposed))
+        return proposed
+    conn.execute("INSERT OR IGNORE INTO webhook_tokens VALUES (?, ?, ?)", (kind, item_id, proposed))
+    row = conn.execute(
+        "SELECT token FROM webhook_tokens WHERE kind = ? AND id = ?", (kind, item_id)
+    ).fetchone()
+    return str(row["token"])
+
+
+def row_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a mapping

@@ -1,0 +1,199 @@
+"""The SQLite store (WAL): everything the router accepted, on disk before it is acknowledged.
+
+Writes go through one writer thread that commits whatever has queued up as one transaction
+(group commit), each caller's work inside its own savepoint so that one bad write fails
+alone. Reads use a second connection on a second thread; WAL lets them see every commit
+without waiting for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], Any]
+GROUP_LIMIT = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    inbox_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    dedupe_key TEXT,
+    body BLOB,
+    status TEXT NOT NULL DEFAULT 'pending',
+    received_at REAL NOT NULL,
+    UNIQUE (source, source_id, dedupe_key)
+);
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (status) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id TEXT PRIMARY KEY,
+    conv_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    state BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversations_key ON conversations (conv_key, status);
+CREATE TABLE IF NOT EXISTS ccsp_sessions (
+    ccsp_conversation_id TEXT PRIMARY KEY,
+    ccsp TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    dest_kind TEXT NOT NULL,
+    dest_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    next_attempt_at REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_conversation ON deliveries (conversation_id, delivery_id);
+CREATE INDEX IF NOT EXISTS deliveries_dest ON deliveries (dest_kind, dest_id, status);
+CREATE TABLE IF NOT EXISTS integrations (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    webhook_token TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active',
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    origin TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_tokens (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    token TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.Queue[tuple[Work, asyncio.Future[Any]] | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        self._read_conn: sqlite3.Connection | None = None
+        self._log = structlog.get_logger("router.store")
+
+    def open(self) -> None:
+        """Create the file and schema; raises sqlite3/OS errors to the caller, who names the path."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path)
+        conn.executescript(SCHEMA)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="store-write", daemon=True
+        )
+        self._writer.start()
+        self._read_conn = connect(self.path)
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `work` for the next group commit; the future resolves once it is durable."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((work, future))
+        return future
+
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._read_conn
+        assert conn is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._reader, work, conn)
+
+    def read_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """A read for start-up, before the loop serves anything."""
+        assert self._read_conn is not None, "store is not open"
+        return work(self._read_conn)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self._reader.shutdown(wait=True)
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                batch = [item]
+                stop = False
+                while len(batch) < GROUP_LIMIT:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+                self._commit(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work, future in batch:
+                conn.execute("SAVEPOINT work")
+                try:
+                    result = work(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO work")
+                    outcomes.append((future, None, exc))
+                else:
+                    outcomes.append((future, result, None))
+                conn.execute("RELEASE work")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._log.error("store_commit_failed", error=str(exc), batch=len(batch))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(future, None, exc) for _, future in batch]
+        for future, result, error in outcomes:
+            try:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is gone: nobody is waiting any more
+                pass
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -42,7 +42,7 @@ class ConversationDeps:
     new_id: Callable[[], str]
 
 
-class ConversationActor(pykka.ThreadingActor):  # type: ignore[misc]
+class ConversationActor(pykka.ThreadingActor):
     def __init__(
         self,
         conversation: Conversation,
@@ -91,8 +91,13 @@ class ConversationActor(pykka.ThreadingActor):  # type: ignore[misc]
                 case Save(delivery=d):
                     writes.append(SaveDelivery(d))
                     if d.status == "dead":
-                        self.log.warning("delivery_dead_lettered", delivery_id=d.delivery_id,
-                                         dest=d.dest.key, attempts=d.attempts, error=d.last_error)
+                        self.log.warning(
+                            "delivery_dead_lettered",
+                            delivery_id=d.delivery_id,
+                            dest=d.dest.key,
+                            attempts=d.attempts,
+                            error=d.last_error,
+                        )
                 case Remove(delivery_id=delivery_id):
                     writes.append(RemoveDelivery(delivery_id))
                 case Send(delivery=d):
@@ -112,7 +117,13 @@ class ConversationActor(pykka.ThreadingActor):  # type: ignore[misc]
         endpoint = self.deps.endpoints.get(delivery.dest.key)
         if endpoint is None:
             # The destination was removed: fail the attempt so that it ends as a dead letter.
-            outcome = DeliveryOutcome(delivery.delivery_id, delivery.dest.key, ok=False,
-                                      attempted=True, error="unknown destination", inactive=False)
+            outcome = DeliveryOutcome(
+                delivery.delivery_id,
+                delivery.dest.key,
+                ok=False,
+                attempted=True,
+                error="unknown destination",
+                inactive=False,
+            )
             return Tell(self.actor_ref, outcome)
         return Tell(endpoint, Dispatch(delivery, self.actor_ref))

@@ -19,7 +19,7 @@ from router.model import Delivery
 from router.records import InboxDone
 
 
-class CoreActor(pykka.ThreadingActor):  # type: ignore[misc]
+class CoreActor(pykka.ThreadingActor):
     def __init__(self, deps_factory: Any, edge: Edge) -> None:
         super().__init__()
         self._deps_factory = deps_factory

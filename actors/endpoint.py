@@ -16,7 +16,7 @@ from router.events import DeliveryOutcome, Release
 from router.records import SaveIntegrationState
 
 
-class EndpointActor(pykka.ThreadingActor):  # type: ignore[misc]
+class EndpointActor(pykka.ThreadingActor):
     def __init__(self, state: EndpointState, edge: Edge, threshold: int) -> None:
         super().__init__()
         self.state = state
@@ -30,23 +30,40 @@ class EndpointActor(pykka.ThreadingActor):  # type: ignore[misc]
             case Dispatch(delivery=delivery, conversation=conversation):
                 if self.state.inactive:
                     self._park(conversation)
-                    conversation.tell(DeliveryOutcome(
-                        delivery.delivery_id, delivery.dest.key, ok=False, attempted=False,
-                        error="integration inactive", inactive=True,
-                    ))
+                    conversation.tell(
+                        DeliveryOutcome(
+                            delivery.delivery_id,
+                            delivery.dest.key,
+                            ok=False,
+                            attempted=False,
+                            error="integration inactive",
+                            inactive=True,
+                        )
+                    )
                     return
-                self.edge.submit(Attempt(
-                    delivery, self.state.url, self.state.access_token,
-                    reply_to=self.actor_ref, conversation=conversation,
-                ))
+                self.edge.submit(
+                    Attempt(
+                        delivery,
+                        self.state.url,
+                        self.state.access_token,
+                        reply_to=self.actor_ref,
+                        conversation=conversation,
+                    )
+                )
             case AttemptResult(delivery=delivery, conversation=conversation, ok=ok, error=error):
                 self._count(ok)
                 if not ok and self.state.inactive:
                     self._park(conversation)
-                conversation.tell(DeliveryOutcome(
-                    delivery.delivery_id, delivery.dest.key, ok=ok, attempted=True,
-                    error=error, inactive=self.state.inactive,
-                ))
+                conversation.tell(
+                    DeliveryOutcome(
+                        delivery.delivery_id,
+                        delivery.dest.key,
+                        ok=ok,
+                        attempted=True,
+                        error=error,
+                        inactive=self.state.inactive,
+                    )
+                )
             case Verified():
                 self._set(on_verified(self.state))
                 self.log.info("integration_reactivated", released=len(self.parked))
@@ -66,10 +83,13 @@ class EndpointActor(pykka.ThreadingActor):  # type: ignore[misc]
 
     def _set(self, new: EndpointState) -> None:
         old, self.state = self.state, new
-        if self.state.dest.kind == "bot" and (
-            old.state, old.consecutive_failures) != (new.state, new.consecutive_failures):
-            self.edge.submit(Persist((SaveIntegrationState(
-                new.dest.id, new.state, new.consecutive_failures),)))
+        if self.state.dest.kind == "bot" and (old.state, old.consecutive_failures) != (
+            new.state,
+            new.consecutive_failures,
+        ):
+            self.edge.submit(
+                Persist((SaveIntegrationState(new.dest.id, new.state, new.consecutive_failures),))
+            )
 
     def _park(self, conversation: Ref) -> None:
         self.parked.setdefault(id(conversation), conversation)

@@ -72,10 +72,12 @@ async def get_ccsp(request: web.Request) -> web.Response:
 async def list_integrations(request: web.Request) -> web.Response:
     router = _admin(request)
     health = await router.integrations.health()
-    return json_response([
-        router.integration_view(i, health.get(i.id, {}))
-        for i in router.integrations.items.values()
-    ])
+    return json_response(
+        [
+            router.integration_view(i, health.get(i.id, {}))
+            for i in router.integrations.items.values()
+        ]
+    )
 
 
 async def get_integration(request: web.Request) -> web.Response:
@@ -137,13 +139,20 @@ async def delete_integration(request: web.Request) -> web.Response:
     router = _admin(request)
     integration = _integration(router, request)
     if integration.origin == "config":
-        raise InputError(409, "defined_in_config",
-                         f"{integration.id!r} is defined in {router.config.source}; remove it there")
+        raise InputError(
+            409,
+            "defined_in_config",
+            f"{integration.id!r} is defined in {router.config.source}; remove it there",
+        )
     if any(r.bot == integration.id for s in router.config.services for r in s.rules):
         raise InputError(409, "in_use", f"a service rule routes to {integration.id!r}")
-    owed = await router.store.read(lambda c: c.execute(
-        "SELECT count(*) FROM deliveries WHERE dest_kind = 'bot' AND dest_id = ? "
-        "AND status != 'dead'", (integration.id,)).fetchone()[0])
+    owed = await router.store.read(
+        lambda c: c.execute(
+            "SELECT count(*) FROM deliveries WHERE dest_kind = 'bot' AND dest_id = ? "
+            "AND status != 'dead'",
+            (integration.id,),
+        ).fetchone()[0]
+    )
     if owed:
         raise InputError(409, "deliveries_pending", f"{owed} deliveries are still owed to it")
     await router.integrations.delete(integration.id)
@@ -168,9 +177,12 @@ async def verify_integration(request: web.Request) -> web.Response:
             ok, error = False, "the answer did not carry the challenge that was sent"
     if not ok:
         raise InputError(422, "verification_failed", f"webhook verification failed: {error}")
-    await router.store.write(lambda c: c.execute(
-        "UPDATE integrations SET state = 'active', consecutive_failures = 0 WHERE id = ?",
-        (integration.id,)))
+    await router.store.write(
+        lambda c: c.execute(
+            "UPDATE integrations SET state = 'active', consecutive_failures = 0 WHERE id = ?",
+            (integration.id,),
+        )
+    )
     router.endpoints[f"bot:{integration.id}"].tell(Verified())
     return json_response(await _view(router, integration))
 
@@ -187,4 +199,3 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
     conversation = await router.store.read(lambda c: get_conversation(c, delivery.conversation_id))
     router.core.tell(ToConversation(delivery.conversation_id, conversation, Replay(delivery)))
     return json_response({"replayed": delivery_id}, status=202)
-

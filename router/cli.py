@@ -54,14 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the daemon", description="Run the router daemon until SIGINT or SIGTERM."
     )
-    serve.add_argument("--config", required=True, metavar="PATH",
-                       help="the TOML configuration file (see config/router.toml)")
-    serve.add_argument("--log-format", choices=("json", "console"), default="json",
-                       help="log output format (default: json, one object per line)")
-    serve.add_argument("--log-level", default="info",
-                       choices=("debug", "info", "warning", "error"), help="default: info")
+    serve.add_argument(
+        "--config",
+        required=True,
+        metavar="PATH",
+        help="the TOML configuration file (see config/router.toml)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default="json",
+        help="log output format (default: json, one object per line)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="default: info",
+    )
     check = commands.add_parser(
-        "check-config", help="validate a configuration file and exit",
+        "check-config",
+        help="validate a configuration file and exit",
         description="Validate a configuration file; exit 0 when the daemon would accept it.",
     )
     check.add_argument("--config", required=True, metavar="PATH")

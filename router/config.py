@@ -13,6 +13,8 @@ from typing import Any
 
 from router.toml_table import ConfigError, Table
 
+__all__ = ["Config", "ConfigError", "check_references", "load_config", "parse_config"]
+
 CHANNEL_TRIGGERS = frozenset({"incoming_message"})
 BOT_EVENT_TRIGGERS = frozenset(
     {"custom_event", "handover", "milestone_reached", "notify", "unhandled_message"}
@@ -131,7 +133,6 @@ def load_config(path: str | Path) -> Config:
     return parse_config(raw, source)
 
 
-
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     top = Table(source, "", raw)
     server_t = top.table("server")
@@ -194,12 +195,16 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         services=services,
         source=source,
     )
-    check_references(config, {i.id for i in integrations})
+    check_references(config, None)
     return config
 
 
-def check_references(config: Config, bots: set[str]) -> None:
-    """Every id a rule or asset names must exist; `bots` may include admin-created ones."""
+def check_references(config: Config, bots: set[str] | None) -> None:
+    """Every id a rule or asset names must exist.
+
+    Bots are checked only when `bots` is given: rules may name integrations created over the
+    admin API, which only the store knows, so the daemon checks those once it has opened it.
+    """
     src = config.source
     service_ids = {s.id for s in config.services}
     for i, asset in enumerate(config.assets):
@@ -208,7 +213,7 @@ def check_references(config: Config, bots: set[str]) -> None:
     for si, service in enumerate(config.services):
         for ri, rule in enumerate(service.rules):
             where = f"{src}: services[{si}].rules[{ri}]"
-            if rule.bot is not None and rule.bot not in bots:
+            if bots is not None and rule.bot is not None and rule.bot not in bots:
                 raise ConfigError(f"{where}.bot: unknown integration {rule.bot!r}")
             if rule.ccsp is not None and config.ccsp(rule.ccsp) is None:
                 raise ConfigError(f"{where}.ccsp: unknown ccsp {rule.ccsp!r}")

@@ -164,16 +164,29 @@ def handle(
                 step.update(route="bot", ccsp_conversation_id=None)
                 assert conversation.ccsp is not None
                 step.sessions.append(
-                    CcspSession(event.ccsp_conversation_id, conversation.ccsp,
-                                conversation.conversation_id, "closed", ctx.now)
+                    CcspSession(
+                        event.ccsp_conversation_id,
+                        conversation.ccsp,
+                        conversation.conversation_id,
+                        "closed",
+                        ctx.now,
+                    )
                 )
         case DeliveryOutcome():
             lane = step.lanes.get(event.dest_key)
             if lane is not None:
-                step.apply(lane_ops.on_outcome(
-                    lane, event.delivery_id, ok=event.ok, attempted=event.attempted,
-                    error=event.error, inactive=event.inactive, now=ctx.now, delays=ctx.delays,
-                ))
+                step.apply(
+                    lane_ops.on_outcome(
+                        lane,
+                        event.delivery_id,
+                        ok=event.ok,
+                        attempted=event.attempted,
+                        error=event.error,
+                        inactive=event.inactive,
+                        now=ctx.now,
+                        delays=ctx.delays,
+                    )
+                )
         case RetryDue():
             lane = step.lanes.get(event.dest_key)
             if lane is not None:
@@ -183,8 +196,9 @@ def handle(
             if lane is not None:
                 step.apply(lane_ops.release(lane))
         case Replay() if not _owed(step.lanes, event.delivery.delivery_id):
-            revived = replace(event.delivery, status="pending", attempts=0,
-                              next_attempt_at=None, last_error=None)
+            revived = replace(
+                event.delivery, status="pending", attempts=0, next_attempt_at=None, last_error=None
+            )
             lane = step.lanes.get(revived.dest.key, Lane(revived.dest))
             step.apply(lane_ops.enqueue(lane, revived))
     return step
@@ -206,17 +220,34 @@ def _customer(step: Step, event: CustomerEvent, ctx: Context) -> None:
     assert conv.bot is not None
     bot = Destination("bot", conv.bot)
     with_agent = conv.route == "ccsp" and conv.ccsp_conversation_id is not None
-    step.deliver(ctx, bot, payloads.customer_to_bot(
-        event.event, event.fields, event.message_id, conversation_id=conv.conversation_id,
-        conversation_type="CCSP" if with_agent else "BOT", channel=conv.channel, now=ctx.now,
-    ))
+    step.deliver(
+        ctx,
+        bot,
+        payloads.customer_to_bot(
+            event.event,
+            event.fields,
+            event.message_id,
+            conversation_id=conv.conversation_id,
+            conversation_type="CCSP" if with_agent else "BOT",
+            channel=conv.channel,
+            now=ctx.now,
+        ),
+    )
     if with_agent:
         assert conv.ccsp is not None and conv.ccsp_conversation_id is not None
-        step.deliver(ctx, Destination("ccsp", conv.ccsp), payloads.customer_to_bot(
-            event.event, event.fields, event.message_id,
-            conversation_id=conv.ccsp_conversation_id, conversation_type="CCSP",
-            channel=conv.channel, now=ctx.now,
-        ))
+        step.deliver(
+            ctx,
+            Destination("ccsp", conv.ccsp),
+            payloads.customer_to_bot(
+                event.event,
+                event.fields,
+                event.message_id,
+                conversation_id=conv.ccsp_conversation_id,
+                conversation_type="CCSP",
+                channel=conv.channel,
+                now=ctx.now,
+            ),
+        )
 
 
 def _handover(step: Step, event: BotHandover, ctx: Context) -> None:
@@ -225,9 +256,13 @@ def _handover(step: Step, event: BotHandover, ctx: Context) -> None:
         assert conv.ccsp is not None
         ccsp_id = ctx.new_id()
         body = payloads.handover(
-            ccsp_conversation_id=ccsp_id, bot_conversation_id=conv.conversation_id,
-            channel=conv.channel, user=conv.user, transcript=list(conv.transcript),
-            custom=event.custom, now=ctx.now,
+            ccsp_conversation_id=ccsp_id,
+            bot_conversation_id=conv.conversation_id,
+            channel=conv.channel,
+            user=conv.user,
+            transcript=list(conv.transcript),
+            custom=event.custom,
+            now=ctx.now,
         )
         step.update(route="ccsp", ccsp_conversation_id=ccsp_id)
         step.sessions.append(CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "open", ctx.now))
@@ -241,21 +276,45 @@ def _agent_message(step: Step, event: AgentMessage, ctx: Context) -> None:
     step.remember("agent", event.fields, ctx.now)
     _to_customer(step, event.fields, ctx)
     if conv.bot is not None:
-        step.deliver(ctx, Destination("bot", conv.bot), payloads.agent_copy_to_bot(
-            event.fields, conversation_id=conv.conversation_id, channel=conv.channel, now=ctx.now,
-        ))
+        step.deliver(
+            ctx,
+            Destination("bot", conv.bot),
+            payloads.agent_copy_to_bot(
+                event.fields,
+                conversation_id=conv.conversation_id,
+                channel=conv.channel,
+                now=ctx.now,
+            ),
+        )
 
 
 def _to_customer(step: Step, fields: dict[str, Any], ctx: Context) -> None:
     conv = step.conversation
-    step.deliver(ctx, Destination("channel", conv.asset), payloads.to_channel(
-        fields, user=conv.user, channel=conv.channel, message_id=ctx.new_id(), now=ctx.now,
-    ))
+    step.deliver(
+        ctx,
+        Destination("channel", conv.asset),
+        payloads.to_channel(
+            fields,
+            user=conv.user,
+            channel=conv.channel,
+            message_id=ctx.new_id(),
+            now=ctx.now,
+        ),
+    )
 
 
 def _to_flow(step: Step, flow: str, event: str, data: dict[str, Any], ctx: Context) -> None:
     conv = step.conversation
-    step.deliver(ctx, Destination("flow", flow), payloads.to_flow(
-        event, conversation_id=conv.conversation_id, channel=conv.channel, user=conv.user,
-        asset=conv.asset, data=data, now=ctx.now,
-    ))
+    step.deliver(
+        ctx,
+        Destination("flow", flow),
+        payloads.to_flow(
+            event,
+            conversation_id=conv.conversation_id,
+            channel=conv.channel,
+            user=conv.user,
+            asset=conv.asset,
+            data=data,
+            now=ctx.now,
+        ),
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from router.intake import Intake
 from router.integrations import Integration, Integrations
 from router.metrics import Metrics
 from router.model import Delivery, Destination
+from router.public_api import public_app
 from router.records import (
     InboxDone,
     apply_writes,
@@ -40,7 +42,6 @@ from router.records import (
     pending_inbox,
     webhook_token,
 )
-from router.public_api import public_app
 from router.store import Store
 
 
@@ -65,6 +66,7 @@ class Router:
         self.debug_runner: web.AppRunner | None = None
         self.public_port = 0
         self.debug_port = 0
+        self.stopped = False
         self.log = structlog.get_logger("router.daemon")
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -85,10 +87,17 @@ class Router:
         except BaseException:
             await self._stop(started)
             raise
-        self.log.info("router_started", public=self.public_url, debug_port=self.debug_port,
-                      store=str(self.config.store_path))
+        self.log.info(
+            "router_started",
+            public=self.public_url,
+            debug_port=self.debug_port,
+            store=str(self.config.store_path),
+        )
 
     async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         await self._stop(["store", "edge", "actors", "http"])
         self.log.info("router_stopped")
 
@@ -118,39 +127,57 @@ class Router:
             pinned = ccsp.webhook_token is not None
             proposed = ccsp.webhook_token or new_token()
             self.ccsp_tokens[ccsp.id] = await self.store.write(
-                lambda conn, c=ccsp.id, p=proposed, pin=pinned: webhook_token(conn, "ccsp", c, p, pin)
+                partial(
+                    webhook_token, kind="ccsp", item_id=ccsp.id, proposed=proposed, pinned=pinned
+                )
             )
 
     def start_actors(self) -> None:
         threshold = self.config.delivery.inactive_after_failures
         health = self.store.read_now(
-            lambda conn: {r["id"]: (r["state"], r["consecutive_failures"])
-                          for r in conn.execute("SELECT * FROM integrations")}
+            lambda conn: {
+                r["id"]: (r["state"], r["consecutive_failures"])
+                for r in conn.execute("SELECT * FROM integrations")
+            }
         )
         for integration in self.integrations.items.values():
             self.add_endpoint(integration, *health.get(integration.id, ("active", 0)))
-        states = [EndpointState(Destination("ccsp", c.id), c.url, c.access_token) for c in self.config.ccsps]
+        states = [
+            EndpointState(Destination("ccsp", c.id), c.url, c.access_token)
+            for c in self.config.ccsps
+        ]
         states += [EndpointState(Destination("flow", f.id), f.url) for f in self.config.flows]
-        states += [EndpointState(Destination("channel", a.id), a.outbound_url, a.token)
-                   for a in self.config.assets]
+        states += [
+            EndpointState(Destination("channel", a.id), a.outbound_url, a.token)
+            for a in self.config.assets
+        ]
         for state in states:
             self.endpoints[state.dest.key] = EndpointActor.start(state, self.edge, threshold)
         sequence = Sequence(self.store.read_now(max_delivery_id))
 
         def deps(core: Any) -> ConversationDeps:
             return ConversationDeps(
-                edge=self.edge, core=core, endpoints=self.endpoints, clock=self.clock,
-                delays=self.config.delivery.retry_delays_s, next_delivery_id=sequence,
+                edge=self.edge,
+                core=core,
+                endpoints=self.endpoints,
+                clock=self.clock,
+                delays=self.config.delivery.retry_delays_s,
+                next_delivery_id=sequence,
                 new_id=new_id,
             )
 
         self.core = CoreActor.start(deps, self.edge)
         self.intake = Intake(self.config, self.store, self.core)
 
-    def add_endpoint(self, integration: Integration, state: str = "active", failures: int = 0) -> None:
+    def add_endpoint(
+        self, integration: Integration, state: str = "active", failures: int = 0
+    ) -> None:
         endpoint_state = EndpointState(
-            Destination("bot", integration.id), integration.url, integration.access_token,
-            "inactive" if state == "inactive" else "active", failures,
+            Destination("bot", integration.id),
+            integration.url,
+            integration.access_token,
+            "inactive" if state == "inactive" else "active",
+            failures,
         )
         self.endpoints[endpoint_state.dest.key] = EndpointActor.start(
             endpoint_state, self.edge, self.config.delivery.inactive_after_failures
@@ -186,15 +213,18 @@ class Router:
         for delivery in deliveries:
             grouped[delivery.conversation_id].append(delivery)
         for conversation_id, items in grouped.items():
-            conversation = self.store.read_now(lambda c, i=conversation_id: get_conversation(c, i))
+            conversation = self.store.read_now(
+                partial(get_conversation, conversation_id=conversation_id)
+            )
             if conversation is None:
                 self.log.error("orphan_deliveries", conversation_id=conversation_id)
                 continue
             self.core.tell(Restore(conversation, tuple(items)))
         rows = self.store.read_now(pending_inbox)
         for row in rows:
-            await self.replay_inbox(row["inbox_id"], row["source"], row["source_id"],
-                                    orjson.loads(row["body"]))
+            await self.replay_inbox(
+                row["inbox_id"], row["source"], row["source_id"], orjson.loads(row["body"])
+            )
         if grouped or rows:
             self.log.info("router_restored", conversations=len(grouped), inbox=len(rows))
 
@@ -234,7 +264,9 @@ class Router:
         try:
             await site.start()
         except OSError as exc:
-            raise StartError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from exc
+            raise StartError(
+                f"cannot listen on {server.host}:{server.port}: {exc.strerror}"
+            ) from exc
         self.public_port = _bound_port(self.public_runner)
         if not self.public_url:
             self.public_url = f"http://{server.host}:{self.public_port}"
@@ -277,4 +309,3 @@ def _bound_port(runner: web.AppRunner) -> int:
         if isinstance(address, tuple):
             return int(address[1])
     return 0
-

@@ -97,10 +97,12 @@ async def integrations(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     health = await router.integrations.health()
     parked = await router.store.read(parked_counts)
-    return json_response([
-        {**router.integration_view(i, health.get(i.id, {})), "parked": parked.get(i.id, 0)}
-        for i in router.integrations.items.values()
-    ])
+    return json_response(
+        [
+            {**router.integration_view(i, health.get(i.id, {})), "parked": parked.get(i.id, 0)}
+            for i in router.integrations.items.values()
+        ]
+    )
 
 
 async def conversations(request: web.Request) -> web.Response:
@@ -108,10 +110,12 @@ async def conversations(request: web.Request) -> web.Response:
     limit, cursor = _page(request)
     items = await router.store.read(lambda c: list_conversations(c, limit + 1, cursor))
     page = items[:limit]
-    return json_response({
-        "conversations": [conversation_view(c) for c in page],
-        "next_cursor": page[-1].conversation_id if len(items) > limit else None,
-    })
+    return json_response(
+        {
+            "conversations": [conversation_view(c) for c in page],
+            "next_cursor": page[-1].conversation_id if len(items) > limit else None,
+        }
+    )
 
 
 async def conversation(request: web.Request) -> web.Response:
@@ -121,12 +125,14 @@ async def conversation(request: web.Request) -> web.Response:
     if found is None:
         raise InputError(404, "unknown_conversation", f"no conversation {cid!r}")
     deliveries = await router.store.read(lambda c: conversation_deliveries(c, cid))
-    return json_response({
-        **conversation_view(found),
-        "transcript": list(found.transcript),
-        "deliveries": [delivery_view(d) for d in deliveries if d.status != "dead"],
-        "dead_letters": [delivery_view(d) for d in deliveries if d.status == "dead"],
-    })
+    return json_response(
+        {
+            **conversation_view(found),
+            "transcript": list(found.transcript),
+            "deliveries": [delivery_view(d) for d in deliveries if d.status != "dead"],
+            "dead_letters": [delivery_view(d) for d in deliveries if d.status == "dead"],
+        }
+    )
 
 
 async def dead_letter_list(request: web.Request) -> web.Response:
@@ -138,7 +144,11 @@ async def dead_letter_list(request: web.Request) -> web.Response:
         raise bad_request("cursor must be a dead letter id") from None
     items = await router.store.read(lambda c: dead_letters(c, limit + 1, after))
     page = items[:limit]
-    return json_response({
-        "dead_letters": [{**delivery_view(d), "conversation_id": d.conversation_id} for d in page],
-        "next_cursor": str(page[-1].delivery_id) if len(items) > limit else None,
-    })
+    return json_response(
+        {
+            "dead_letters": [
+                {**delivery_view(d), "conversation_id": d.conversation_id} for d in page
+            ],
+            "next_cursor": str(page[-1].delivery_id) if len(items) > limit else None,
+        }
+    )

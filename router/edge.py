@@ -16,7 +16,7 @@ import pykka
 import structlog
 
 from actors.messages import AttemptResult
-from router.clock import Clock
+from router.clock import Clock, Timer
 from router.effects import Attempt, Effect, Persist, Tell, TellAt
 from router.metrics import Metrics
 from router.records import apply_writes
@@ -32,7 +32,7 @@ class IoEdge:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: set[Timer] = set()
         self._closing = False
         self.log = structlog.get_logger("router.edge")
 
@@ -91,14 +91,12 @@ class IoEdge:
 
     def _tell(self, item: Tell | TellAt) -> None:
         if isinstance(item, TellAt):
-            assert self.loop is not None
-            delay = max(0.0, item.at - self.clock.now())
 
             def fire() -> None:
                 self._timers.discard(timer)
                 self._tell(Tell(item.ref, item.message))
 
-            timer = self.loop.call_later(delay, fire)
+            timer = self.clock.call_at(item.at, fire)
             self._timers.add(timer)
             return
         with contextlib.suppress(pykka.ActorDeadError):
@@ -109,14 +107,16 @@ class IoEdge:
         kind = attempt.delivery.dest.kind
         self.metrics.attempts.labels(kind=kind, outcome="ok" if ok else "failed").inc()
         if not ok:
-            self.log.info("delivery_attempt_failed", delivery_id=attempt.delivery.delivery_id,
-                          dest=attempt.delivery.dest.key, error=error)
+            self.log.info(
+                "delivery_attempt_failed",
+                delivery_id=attempt.delivery.delivery_id,
+                dest=attempt.delivery.dest.key,
+                error=error,
+            )
         with contextlib.suppress(pykka.ActorDeadError):
             attempt.reply_to.tell(AttemptResult(attempt.delivery, attempt.conversation, ok, error))
 
-    async def post(
-        self, url: str, token: str | None, body: Any
-    ) -> tuple[bool, str | None]:
+    async def post(self, url: str, token: str | None, body: Any) -> tuple[bool, str | None]:
         """POST JSON; success is a complete 2xx answer within the timeout."""
         ok, error, _ = await self.exchange(url, token, body)
         return ok, error

@@ -89,5 +89,7 @@ class Replay:
     delivery: Delivery
 
 
-InboundEvent = CustomerEvent | BotReply | BotHandover | BotEvent | BotClose | AgentMessage | AgentClose
+InboundEvent = (
+    CustomerEvent | BotReply | BotHandover | BotEvent | BotClose | AgentMessage | AgentClose
+)
 ConversationEvent = InboundEvent | DeliveryOutcome | RetryDue | Release | Replay

@@ -83,7 +83,9 @@ class Intake:
         if event.kind == "reply":
             routed = BotReply(inbox_id, event.fields)
         elif event.kind == "handover":
-            flows = flows_for_bot_event(self.config, conversation.service, integration_id, "handover")
+            flows = flows_for_bot_event(
+                self.config, conversation.service, integration_id, "handover"
+            )
             routed = BotHandover(inbox_id, event.extra, flows)
         elif event.kind == "close":
             routed = BotClose(inbox_id)

@@ -31,8 +31,14 @@ class Integration:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Integration:
-        return cls(row["id"], row["name"], row["url"], row["access_token"],
-                   row["webhook_token"], row["origin"])
+        return cls(
+            row["id"],
+            row["name"],
+            row["url"],
+            row["access_token"],
+            row["webhook_token"],
+            row["origin"],
+        )
 
 
 def slug(name: str) -> str:
@@ -69,8 +75,12 @@ class Integrations:
         rows = await self.store.write(upsert)
         self.items = {row["id"]: Integration.from_row(row) for row in rows}
 
-    async def create(self, name: str, url: str, access_token: str, item_id: str | None) -> Integration:
-        integration = Integration(item_id or slug(name), name, url, access_token, new_token(), "admin")
+    async def create(
+        self, name: str, url: str, access_token: str, item_id: str | None
+    ) -> Integration:
+        integration = Integration(
+            item_id or slug(name), name, url, access_token, new_token(), "admin"
+        )
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -84,7 +94,13 @@ class Integrations:
         return integration
 
     async def update(self, item_id: str, changes: dict[str, str]) -> Integration:
-        updated = replace(self.items[item_id], **changes)
+        current = self.items[item_id]
+        updated = replace(
+            current,
+            name=changes.get("name", current.name),
+            url=changes.get("url", current.url),
+            access_token=changes.get("access_token", current.access_token),
+        )
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(

@@ -67,7 +67,9 @@ def restore(dest: Destination, deliveries: list[Delivery]) -> Result:
     if head is None:
         return lane, []
     if head.status == "retrying" and head.next_attempt_at is not None:
-        return replace(lane, phase="waiting"), [RetryAt(head.delivery_id, dest, head.next_attempt_at)]
+        return replace(lane, phase="waiting"), [
+            RetryAt(head.delivery_id, dest, head.next_attempt_at)
+        ]
     # Parked lanes are offered again: the endpoint parks them anew if still inactive.
     return replace(lane, phase="in_flight"), [Send(head)]
 

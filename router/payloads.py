@@ -18,7 +18,10 @@ def customer_to_bot(
     now: float,
 ) -> dict[str, Any]:
     """A customer's event as a bot or CCSP receives it."""
-    body: dict[str, Any] = {"Conversationid": conversation_id, "ConversationType": conversation_type}
+    body: dict[str, Any] = {
+        "Conversationid": conversation_id,
+        "ConversationType": conversation_type,
+    }
     if event == "Incoming message":
         body |= {
             "Message": fields["Message"],

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from router.http_util import error_middleware, json_response, read_json, require_bearer, token_matches
+from router.http_util import (
+    error_middleware,
+    json_response,
+    read_json,
+    require_bearer,
+    token_matches,
+)
 from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
 from router.records import InboxDone, apply_writes, insert_inbox
 
@@ -21,7 +27,7 @@ if TYPE_CHECKING:
 ROUTER: web.AppKey[Router] = web.AppKey("router")
 
 
-def public_app(router: "Router") -> web.Application:
+def public_app(router: Router) -> web.Application:
     app = web.Application(
         client_max_size=router.config.server.max_body_bytes,
         middlewares=[error_middleware(lambda s: router.metrics.errors.labels(status=str(s)).inc())],
@@ -36,8 +42,9 @@ def public_app(router: "Router") -> web.Application:
 ACCEPTED = {"accepted": True}
 
 
-async def _store(router: "Router", source: str, source_id: str, dedupe: str | None,
-                 body: object) -> tuple[int, bool]:
+async def _store(
+    router: Router, source: str, source_id: str, dedupe: str | None, body: object
+) -> tuple[int, bool]:
     raw = orjson.dumps(body)
     now = router.clock.now()
     return await router.store.write(

@@ -46,7 +46,14 @@ class SaveIntegrationState:
     consecutive_failures: int
 
 
-Write = SaveConversation | SaveDelivery | RemoveDelivery | SaveSession | InboxDone | SaveIntegrationState
+Write = (
+    SaveConversation
+    | SaveDelivery
+    | RemoveDelivery
+    | SaveSession
+    | InboxDone
+    | SaveIntegrationState
+)
 
 
 def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
@@ -56,14 +63,32 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                 conn.execute(
                     "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (conversation_id) DO UPDATE SET "
-                    "status = excluded.status, state = excluded.state, updated_at = excluded.updated_at",
-                    (c.conversation_id, c.key, c.status, orjson.dumps(c.to_json()), c.created_at, at),
+                    "status = excluded.status, state = excluded.state, "
+                    "updated_at = excluded.updated_at",
+                    (
+                        c.conversation_id,
+                        c.key,
+                        c.status,
+                        orjson.dumps(c.to_json()),
+                        c.created_at,
+                        at,
+                    ),
                 )
             case SaveDelivery(delivery=d):
                 conn.execute(
                     "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (d.delivery_id, d.conversation_id, d.dest.kind, d.dest.id, orjson.dumps(d.body),
-                     d.created_at, d.attempts, d.status, d.next_attempt_at, d.last_error),
+                    (
+                        d.delivery_id,
+                        d.conversation_id,
+                        d.dest.kind,
+                        d.dest.id,
+                        orjson.dumps(d.body),
+                        d.created_at,
+                        d.attempts,
+                        d.status,
+                        d.next_attempt_at,
+                        d.last_error,
+                    ),
                 )
             case RemoveDelivery(delivery_id=delivery_id):
                 conn.execute("DELETE FROM deliveries WHERE delivery_id = ?", (delivery_id,))
@@ -89,8 +114,12 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
 
 
 def insert_inbox(
-    conn: sqlite3.Connection, source: str, source_id: str, dedupe_key: str | None,
-    body: bytes, at: float,
+    conn: sqlite3.Connection,
+    source: str,
+    source_id: str,
+    dedupe_key: str | None,
+    body: bytes,
+    at: float,
 ) -> tuple[int, bool]:
     """Store an inbound body; (inbox_id, True) when it is a duplicate already stored."""
     cursor = conn.execute(
@@ -109,9 +138,7 @@ def insert_inbox(
 
 
 def pending_inbox(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute(
-        "SELECT * FROM inbox WHERE status = 'pending' ORDER BY inbox_id"
-    ).fetchall()
+    return conn.execute("SELECT * FROM inbox WHERE status = 'pending' ORDER BY inbox_id").fetchall()
 
 
 def conversation_from_row(row: sqlite3.Row | None) -> Conversation | None:
@@ -119,16 +146,21 @@ def conversation_from_row(row: sqlite3.Row | None) -> Conversation | None:
 
 
 def get_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:
-    return conversation_from_row(conn.execute(
-        "SELECT state FROM conversations WHERE conversation_id = ?", (conversation_id,)
-    ).fetchone())
+    return conversation_from_row(
+        conn.execute(
+            "SELECT state FROM conversations WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+    )
 
 
 def open_conversation(conn: sqlite3.Connection, key: str) -> Conversation | None:
-    return conversation_from_row(conn.execute(
-        "SELECT state FROM conversations WHERE conv_key = ? AND status = 'open' "
-        "ORDER BY created_at DESC LIMIT 1", (key,)
-    ).fetchone())
+    return conversation_from_row(
+        conn.execute(
+            "SELECT state FROM conversations WHERE conv_key = ? AND status = 'open' "
+            "ORDER BY created_at DESC LIMIT 1",
+            (key,),
+        ).fetchone()
+    )
 
 
 def get_session(conn: sqlite3.Connection, ccsp_conversation_id: str) -> sqlite3.Row | None:
@@ -185,7 +217,8 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery | None:
 def dead_letters(conn: sqlite3.Connection, limit: int, after: int) -> list[Delivery]:
     rows = conn.execute(
         "SELECT * FROM deliveries WHERE status = 'dead' AND delivery_id > ? "
-        "ORDER BY delivery_id LIMIT ?", (after, limit),
+        "ORDER BY delivery_id LIMIT ?",
+        (after, limit),
     ).fetchall()
     return [delivery_from_row(r) for r in rows]
 
@@ -198,7 +231,8 @@ def max_delivery_id(conn: sqlite3.Connection) -> int:
 def list_conversations(conn: sqlite3.Connection, limit: int, after: str) -> list[Conversation]:
     rows = conn.execute(
         "SELECT state FROM conversations WHERE conversation_id > ? "
-        "ORDER BY conversation_id LIMIT ?", (after, limit),
+        "ORDER BY conversation_id LIMIT ?",
+        (after, limit),
     ).fetchall()
     return [c for c in map(conversation_from_row, rows) if c is not None]
 
@@ -222,10 +256,14 @@ def integration_row(conn: sqlite3.Connection, integration_id: str) -> sqlite3.Ro
     return row
 
 
-def webhook_token(conn: sqlite3.Connection, kind: str, item_id: str, proposed: str, pinned: bool) -> str:
+def webhook_token(
+    conn: sqlite3.Connection, kind: str, item_id: str, proposed: str, pinned: bool
+) -> str:
     """The token kept for (kind, id): a pinned one replaces it, else the first one stays."""
     if pinned:
-        conn.execute("INSERT OR REPLACE INTO webhook_tokens VALUES (?, ?, ?)", (kind, item_id, proposed))
+        conn.execute(
+            "INSERT OR REPLACE INTO webhook_tokens VALUES (?, ?, ?)", (kind, item_id, proposed)
+        )
         return proposed
     conn.execute("INSERT OR IGNORE INTO webhook_tokens VALUES (?, ?, ?)", (kind, item_id, proposed))
     row = conn.execute(

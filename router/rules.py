@@ -49,7 +49,9 @@ def route_channel_event(config: Config, asset: AssetConfig) -> ChannelRoute | No
     return None
 
 
-def flows_for_bot_event(config: Config, service_id: str, bot: str | None, trigger: str) -> tuple[str, ...]:
+def flows_for_bot_event(
+    config: Config, service_id: str, bot: str | None, trigger: str
+) -> tuple[str, ...]:
     """Every bot-event rule that matches invokes its flow."""
     service = config.service(service_id)
     if service is None:

@@ -9,6 +9,7 @@ without waiting for the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -104,7 +105,7 @@ class Store:
         self._log = structlog.get_logger("router.store")
 
     def open(self) -> None:
-        """Create the file and schema; raises sqlite3/OS errors to the caller, who names the path."""
+        """Create the file and schema; sqlite3/OS errors go to the caller, who names the path."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
         conn.executescript(SCHEMA)
@@ -163,7 +164,9 @@ class Store:
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+    def _commit(
+        self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
+    ) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -184,10 +187,8 @@ class Store:
                 conn.execute("ROLLBACK")
             outcomes = [(future, None, exc) for _, future in batch]
         for future, result, error in outcomes:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
                 future.get_loop().call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop is gone: nobody is waiting any more
-                pass
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -61,7 +62,12 @@ class Table:
         value = self._get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise self.error(key, "must be a positive number")
         return float(value)
 
@@ -70,7 +76,8 @@ class Table:
         if value is None:
             return default
         if not isinstance(value, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in value
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in value
         ):
             raise self.error(key, "must be a list of non-negative numbers of seconds")
         return tuple(float(v) for v in value)

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from router.config import parse_config
 from router.daemon import Router
+from tests.clock import ManualClock
 from tests.peers import Peer
 
 ADMIN = "admin-secret"
@@ -48,33 +49,78 @@ def base_config(peers: Peers, store: Path, **delivery: Any) -> dict[str, Any]:
             "inactive_after_failures": 5,
             **delivery,
         },
-        "integrations": [{"id": "support-bot", "name": "Support bot", "url": peers.bot.url,
-                          "access_token": "bot-secret", "webhook_token": "bot-hook"}],
-        "ccsp": [{"id": "agents", "url": peers.ccsp.url, "access_token": "ccsp-secret",
-                  "webhook_token": "ccsp-hook"}],
+        "integrations": [
+            {
+                "id": "support-bot",
+                "name": "Support bot",
+                "url": peers.bot.url,
+                "access_token": "bot-secret",
+                "webhook_token": "bot-hook",
+            }
+        ],
+        "ccsp": [
+            {
+                "id": "agents",
+                "url": peers.ccsp.url,
+                "access_token": "ccsp-secret",
+                "webhook_token": "ccsp-hook",
+            }
+        ],
         "flows": [{"id": "crm", "url": peers.flow.url}],
         "assets": [
-            {"id": "fb-page-1", "channel": "FB", "service": "support",
-             "outbound_url": peers.channel.url, "token": ASSET_TOKEN},
-            {"id": "sms-1", "channel": "SMS", "service": "plain",
-             "outbound_url": peers.channel.url, "token": ASSET_TOKEN},
-            {"id": "wa-1", "channel": "WA", "service": "flows",
-             "outbound_url": peers.channel.url, "token": ASSET_TOKEN},
+            {
+                "id": "fb-page-1",
+                "channel": "FB",
+                "service": "support",
+                "outbound_url": peers.channel.url,
+                "token": ASSET_TOKEN,
+            },
+            {
+                "id": "sms-1",
+                "channel": "SMS",
+                "service": "plain",
+                "outbound_url": peers.channel.url,
+                "token": ASSET_TOKEN,
+            },
+            {
+                "id": "wa-1",
+                "channel": "WA",
+                "service": "flows",
+                "outbound_url": peers.channel.url,
+                "token": ASSET_TOKEN,
+            },
         ],
         "services": [
-            {"id": "support", "rules": [
-                {"on": "incoming_message", "action": "forward_to_bot_ccsp",
-                 "bot": "support-bot", "ccsp": "agents"},
-                {"on": "milestone_reached", "bot": "support-bot", "action": "invoke_flow",
-                 "flow": "crm"},
-                {"on": "handover", "action": "invoke_flow", "flow": "crm"},
-            ]},
-            {"id": "plain", "rules": [
-                {"on": "incoming_message", "action": "forward_to_bot", "bot": "support-bot"},
-            ]},
-            {"id": "flows", "rules": [
-                {"on": "incoming_message", "action": "invoke_flow", "flow": "crm"},
-            ]},
+            {
+                "id": "support",
+                "rules": [
+                    {
+                        "on": "incoming_message",
+                        "action": "forward_to_bot_ccsp",
+                        "bot": "support-bot",
+                        "ccsp": "agents",
+                    },
+                    {
+                        "on": "milestone_reached",
+                        "bot": "support-bot",
+                        "action": "invoke_flow",
+                        "flow": "crm",
+                    },
+                    {"on": "handover", "action": "invoke_flow", "flow": "crm"},
+                ],
+            },
+            {
+                "id": "plain",
+                "rules": [
+                    {"on": "incoming_message", "action": "forward_to_bot", "bot": "support-bot"},
+                ],
+            },
+            {
+                "id": "flows",
+                "rules": [
+                    {"on": "incoming_message", "action": "invoke_flow", "flow": "crm"},
+                ],
+            },
         ],
     }
 
@@ -94,18 +140,21 @@ class Daemon:
     def debug(self) -> str:
         return f"http://127.0.0.1:{self.router.debug_port}"
 
-    async def post(self, path: str, body: Any, token: str | None = None,
-                   raw: bytes | None = None) -> tuple[int, Any]:
+    async def post(
+        self, path: str, body: Any, token: str | None = None, raw: bytes | None = None
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
         async with self.session.post(self.public + path, headers=headers, **kwargs) as resp:
             return resp.status, await resp.json(content_type=None)
 
-    async def admin(self, method: str, path: str, body: Any = None,
-                    token: str = ADMIN) -> tuple[int, Any]:
+    async def admin(
+        self, method: str, path: str, body: Any = None, token: str = ADMIN
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"}
-        async with self.session.request(method, self.public + path, json=body,
-                                        headers=headers) as resp:
+        async with self.session.request(
+            method, self.public + path, json=body, headers=headers
+        ) as resp:
             text = await resp.read()
             return resp.status, (await resp.json(content_type=None)) if text else None
 
@@ -115,14 +164,22 @@ class Daemon:
                 return resp.status, await resp.json()
             return resp.status, await resp.text()
 
-    async def customer(self, text: str, message_id: str, user: str = "u1",
-                       asset: str = "fb-page-1", **extra: Any) -> tuple[int, Any]:
-        body = {"Event": "Incoming message", "Userid": user, "Message": text,
-                "MessageType": "text", "Messageid": message_id, **extra}
+    async def customer(
+        self, text: str, message_id: str, user: str = "u1", asset: str = "fb-page-1", **extra: Any
+    ) -> tuple[int, Any]:
+        body = {
+            "Event": "Incoming message",
+            "Userid": user,
+            "Message": text,
+            "MessageType": "text",
+            "Messageid": message_id,
+            **extra,
+        }
         return await self.post(f"/v1/channels/{asset}/events", body, ASSET_TOKEN)
 
-    async def bot(self, body: dict[str, Any], integration: str = "support-bot",
-                  token: str = "bot-hook") -> tuple[int, Any]:
+    async def bot(
+        self, body: dict[str, Any], integration: str = "support-bot", token: str = "bot-hook"
+    ) -> tuple[int, Any]:
         return await self.post(f"/v1/bots/{integration}/{token}", body)
 
     async def agent(self, body: dict[str, Any], token: str = "ccsp-hook") -> tuple[int, Any]:
@@ -132,6 +189,17 @@ class Daemon:
         status, body = await self.get_debug(f"/debug/conversations/{conversation_id}")
         assert status == 200, body
         return dict(body)
+
+    async def until_dead_letters(self, count: int) -> tuple[int, Any]:
+        found: tuple[int, Any] = (0, None)
+
+        async def enough() -> bool:
+            nonlocal found
+            found = await self.get_debug("/debug/dead-letters")
+            return len(found[1]["dead_letters"]) >= count
+
+        await self.until(enough)
+        return found
 
     async def until(self, check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
         """Poll the daemon's own view until `check` holds; bounded so a failure cannot hang."""
@@ -148,9 +216,11 @@ async def start_router(peers: Peers, tmp_path: Path) -> AsyncIterator[StartRoute
     running: list[Daemon] = []
     session = aiohttp.ClientSession()
 
-    async def start(config: dict[str, Any] | None = None, **delivery: Any) -> Daemon:
+    async def start(
+        config: dict[str, Any] | None = None, clock: ManualClock | None = None, **delivery: Any
+    ) -> Daemon:
         raw = config or base_config(peers, tmp_path / "router.db", **delivery)
-        router = Router(parse_config(raw, "test.toml"))
+        router = Router(parse_config(raw, "test.toml"), clock=clock)
         await router.start()
         daemon = Daemon(router, session)
         running.append(daemon)

@@ -1,0 +1,158 @@
+"""Bot+CCSP: handover, agent sessions with fresh IDs, copies to the bot, and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Daemon, Peers
+
+
+async def start_and_hand_over(daemon: Daemon, peers: Peers) -> tuple[str, dict[str, Any]]:
+    await daemon.customer("I need a human", "m1")
+    [first] = await peers.bot.wait_for(1)
+    bot_id = first["Conversationid"]
+    await daemon.bot({"eventid": "1001", "conversation_id": bot_id, "message": "One moment"})
+    await peers.channel.wait_for(1)
+    status, _ = await daemon.bot(
+        {
+            "eventid": "1002",
+            "conversation_id": bot_id,
+            "Timestamp": "2026-11-23 10:00:00.00",
+            "queue": "billing",
+        }
+    )
+    assert status == 202
+    [handover] = await peers.ccsp.wait_for(1)
+    return bot_id, handover
+
+
+async def test_first_message_goes_to_the_bot_and_handover_opens_a_ccsp_conversation(
+    daemon: Daemon, peers: Peers
+) -> None:
+    bot_id, handover = await start_and_hand_over(daemon, peers)
+    assert handover["Event"] == "Handover"
+    assert handover["ConversationType"] == "CCSP"
+    assert handover["BotConversationid"] == bot_id
+    assert handover["Conversationid"] != bot_id
+    assert handover["Channel"] == "FB"
+    assert handover["Userid"] == "u1"
+    assert handover["queue"] == "billing"
+    assert [(t["From"], t["Message"]) for t in handover["Transcript"]] == [
+        ("customer", "I need a human"),
+        ("bot", "One moment"),
+    ]
+    assert peers.ccsp.received[0].headers["Authorization"] == "Bearer ccsp-secret"
+    conversation = await daemon.conversation(bot_id)
+    assert conversation["route"] == "ccsp"
+    assert conversation["ccsp_conversation_id"] == handover["Conversationid"]
+
+
+async def test_after_handover_customer_messages_go_to_the_ccsp_with_a_copy_to_the_bot(
+    daemon: Daemon, peers: Peers
+) -> None:
+    bot_id, handover = await start_and_hand_over(daemon, peers)
+    ccsp_id = handover["Conversationid"]
+    await daemon.customer("my bill is wrong", "m2")
+    _, to_agent = await peers.ccsp.wait_for(2)
+    assert to_agent["Conversationid"] == ccsp_id
+    assert to_agent["ConversationType"] == "CCSP"
+    assert to_agent["Message"] == "my bill is wrong"
+    _, copy = await peers.bot.wait_for(2)
+    assert copy["Conversationid"] == bot_id
+    assert copy["ConversationType"] == "CCSP"
+    assert copy["Message"] == "my bill is wrong"
+
+
+async def test_agent_messages_reach_the_customer_and_a_copy_reaches_the_bot(
+    daemon: Daemon, peers: Peers
+) -> None:
+    bot_id, handover = await start_and_hand_over(daemon, peers)
+    status, body = await daemon.agent(
+        {
+            "Event": "Agent message",
+            "Conversationid": handover["Conversationid"],
+            "Message": "Hi, I am Ana",
+            "MessageType": "text",
+            "Media": None,
+        }
+    )
+    assert (status, body) == (202, {"accepted": True})
+    _, to_customer = await peers.channel.wait_for(2)
+    assert (to_customer["Userid"], to_customer["Message"]) == ("u1", "Hi, I am Ana")
+    _, copy = await peers.bot.wait_for(2)
+    assert copy["Event"] == "Agent message"
+    assert copy["ConversationType"] == "CCSP"
+    assert copy["Conversationid"] == bot_id
+    assert copy["Message"] == "Hi, I am Ana"
+
+
+async def test_bot_may_not_answer_while_an_agent_holds_the_conversation(
+    daemon: Daemon, peers: Peers
+) -> None:
+    bot_id, _ = await start_and_hand_over(daemon, peers)
+    status, body = await daemon.bot(
+        {"eventid": "1001", "conversation_id": bot_id, "message": "me too"}
+    )
+    assert status == 409
+    assert body["error"] == "conversation_with_agent"
+
+
+async def test_agent_close_returns_to_the_bot_and_the_next_handover_gets_a_new_id(
+    daemon: Daemon, peers: Peers
+) -> None:
+    bot_id, handover = await start_and_hand_over(daemon, peers)
+    first_ccsp = handover["Conversationid"]
+    status, _ = await daemon.agent({"Event": "Close", "Conversationid": first_ccsp})
+    assert status == 202
+
+    async def back_to_bot() -> bool:
+        return (await daemon.conversation(bot_id))["route"] == "bot"
+
+    await daemon.until(back_to_bot)
+    status, body = await daemon.agent(
+        {"Event": "Agent message", "Conversationid": first_ccsp, "Message": "still there?"}
+    )
+    assert (status, body["error"]) == (409, "conversation_closed")
+    await daemon.customer("thanks, one more thing", "m3")
+    _, again = await peers.bot.wait_for(2)
+    assert again["Conversationid"] == bot_id
+    assert again["ConversationType"] == "BOT"
+    assert len(peers.ccsp.received) == 1
+    await daemon.bot({"eventid": "1002", "conversation_id": bot_id})
+    _, second = await peers.ccsp.wait_for(2)
+    assert second["Event"] == "Handover"
+    assert second["Conversationid"] not in (first_ccsp, bot_id)
+    assert second["BotConversationid"] == bot_id
+
+
+async def test_bot_events_invoke_flows_by_rule(daemon: Daemon, peers: Peers) -> None:
+    await daemon.customer("hello", "m1")
+    [first] = await peers.bot.wait_for(1)
+    bot_id = first["Conversationid"]
+    status, _ = await daemon.bot(
+        {"Event": "Milestone Reached", "conversation_id": bot_id, "milestone": "address-collected"}
+    )
+    assert status == 202
+    [milestone] = await peers.flow.wait_for(1)
+    assert milestone["Event"] == "Milestone Reached"
+    assert milestone["Conversationid"] == bot_id
+    assert milestone["milestone"] == "address-collected"
+    # Notify has no rule: accepted, nothing invoked.
+    status, _ = await daemon.bot({"Event": "Notify", "conversation_id": bot_id})
+    assert status == 202
+    await daemon.bot({"eventid": "1002", "conversation_id": bot_id, "reason": "asked"})
+    _, on_handover = await peers.flow.wait_for(2)
+    assert on_handover["Event"] == "Handover"
+    assert on_handover["Conversationid"] == bot_id
+    assert on_handover["reason"] == "asked"
+
+
+async def test_handover_on_a_bot_only_rule_opens_no_ccsp(daemon: Daemon, peers: Peers) -> None:
+    await daemon.customer("hi", "s1", asset="sms-1")
+    [first] = await peers.bot.wait_for(1)
+    status, _ = await daemon.bot({"eventid": "1002", "conversation_id": first["Conversationid"]})
+    assert status == 202
+    await daemon.customer("hello?", "s2", asset="sms-1")
+    _, second = await peers.bot.wait_for(2)
+    assert second["ConversationType"] == "BOT"
+    assert peers.ccsp.received == []

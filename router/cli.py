@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
 
 import orjson
 import structlog
 
-from router.config import ConfigError, load_config
+from router.config import ConfigError, check_references, load_config
 from router.daemon import Router, StartError
 
 
@@ -81,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_config(path: str) -> None:
+    """What `serve` checks before it listens, including rules naming admin-created bots."""
+    config = load_config(path)
+    bots = {i.id for i in config.integrations}
+    if config.store_path.exists():
+        uri = f"file:{config.store_path}?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                bots |= {row[0] for row in db.execute("SELECT id FROM integrations")}
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"{path}: store.path: cannot read {config.store_path}: {exc}"
+            ) from exc
+    check_references(config, bots)
+
+
 async def serve(config_path: str) -> int:
     config = load_config(config_path)
     router = Router(config)
@@ -104,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         try:
-            load_config(args.config)
+            check_config(args.config)
         except ConfigError as exc:
             print(f"config error: {exc}", file=sys.stderr)
             return 2

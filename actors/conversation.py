@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import pykka
 import structlog
 
-from actors.messages import ConversationClosed, Dispatch
+from actors.messages import Busy, ConversationClosed, Dispatch, Idle, MayRetire, Retired
 from router.clock import Clock
 from router.conversation import Context, Conversation, Step, handle
 from router.effects import Edge, Persist, Ref, Tell, TellAt
-from router.events import DeliveryOutcome, RetryDue
+from router.events import DeliveryOutcome, InboundEvent, Replay, RetryDue
 from router.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
 from router.records import (
     InboxDone,
@@ -42,6 +42,9 @@ class ConversationDeps:
     new_id: Callable[[], str]
 
 
+ROUTED = (*get_args(InboundEvent), Replay)
+
+
 class ConversationActor(pykka.ThreadingActor):
     def __init__(
         self,
@@ -57,6 +60,8 @@ class ConversationActor(pykka.ThreadingActor):
         self.lanes = lanes
         self.deps = deps
         self._initial = initial or []
+        self.routed = 0  # events the core sent; retiring is safe only once all are handled
+        self.declined = False  # answered Busy: say Idle once the work is done
         self._persist_new = persist_new
         self.log = structlog.get_logger("router.conversation").bind(
             conversation_id=conversation.conversation_id
@@ -68,6 +73,11 @@ class ConversationActor(pykka.ThreadingActor):
             self._carry_out(step, was_open=True)
 
     def on_receive(self, message: Any) -> None:
+        if isinstance(message, MayRetire):
+            self._may_retire(message.routed)
+            return
+        if isinstance(message, ROUTED):
+            self.routed += 1
         ctx = Context(
             now=self.deps.clock.now(),
             delays=self.deps.delays,
@@ -108,10 +118,25 @@ class ConversationActor(pykka.ThreadingActor):
             writes.append(InboxDone(step.inbox_done))
         if writes or then:
             self.deps.edge.submit(Persist(tuple(writes), tuple(then)))
+        cid = step.conversation.conversation_id
         if was_open and step.conversation.status == "closed":
-            self.deps.core.tell(
-                ConversationClosed(step.conversation.conversation_id, step.conversation.key)
-            )
+            self.deps.core.tell(ConversationClosed(cid, step.conversation.key))
+        elif self.declined and not self._owes():
+            self.declined = False
+            self.deps.core.tell(Idle(cid))
+
+    def _may_retire(self, routed: int) -> None:
+        cid = self.conversation.conversation_id
+        if routed != self.routed or self._owes():
+            self.declined = True
+            self.deps.core.tell(Busy(cid))
+            return
+        # Told only once every write before it is durable, so a reload sees this state.
+        self.deps.edge.submit(Persist((), (Tell(self.deps.core, Retired(cid)),)))
+        self.stop()
+
+    def _owes(self) -> bool:
+        return any(lane.queue for lane in self.lanes.values())
 
     def _send(self, delivery: Any) -> Tell:
         endpoint = self.deps.endpoints.get(delivery.dest.key)

@@ -1,92 +1,185 @@
-"""The core: the directory of conversations, keyed by identity, and the one place that
-decides which conversation actor an event belongs to (or starts a new one)."""
+"""The core: the directory of conversations and the one place that decides which
+conversation actor an event belongs to, starting it, or a new conversation, when needed.
+
+At most `max_live` conversation actors run; beyond that the least recently used idle one is
+asked to retire. An actor that is not running is loaded from the store before it gets an
+event, and events that arrive meanwhile wait, in order, for it.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 import structlog
 
 from actors.conversation import ConversationActor, ConversationDeps
-from actors.messages import ConversationClosed, Restore, RouteChannel, ToConversation
+from actors.messages import (
+    Busy,
+    ConversationClosed,
+    Idle,
+    Loaded,
+    MayRetire,
+    Restore,
+    Retired,
+    RouteChannel,
+    ToConversation,
+)
 from router import lanes as lane_ops
 from router.conversation import Conversation, conversation_key
-from router.effects import Edge, Persist, Ref
+from router.effects import Edge, Load, Persist
+from router.events import ConversationEvent
 from router.lanes import Lane, LaneDecision
 from router.model import Delivery
 from router.records import InboxDone
 
 
 class CoreActor(pykka.ThreadingActor):
-    def __init__(self, deps_factory: Any, edge: Edge) -> None:
+    def __init__(
+        self,
+        deps_factory: Callable[[Any], ConversationDeps],
+        edge: Edge,
+        max_live: int,
+        on_live: Callable[[int], None] = lambda n: None,
+    ) -> None:
         super().__init__()
         self._deps_factory = deps_factory
         self.edge = edge
-        self.by_key: dict[str, Ref] = {}
-        self.by_id: dict[str, Ref] = {}
-        self.deps: ConversationDeps | None = None
+        self.max_live = max_live
+        self.on_live = on_live
+        self.live: OrderedDict[str, Any] = OrderedDict()  # id -> ref, least recently used first
+        self.keys: dict[str, str] = {}  # identity -> id, for running open conversations
+        self.sent: dict[str, int] = {}  # events routed to each running actor
+        self.retiring: dict[str, list[ConversationEvent]] = {}
+        self.closed: set[str] = set()  # running, closed, to stop once idle
+        self.loading: dict[str, list[RouteChannel | ConversationEvent]] = {}
         self.log = structlog.get_logger("router.core")
 
     def on_start(self) -> None:
         self.deps = self._deps_factory(self.actor_ref)
 
     def on_stop(self) -> None:
-        for ref in self.by_id.values():
-            ref.stop()  # type: ignore[attr-defined]
+        for ref in self.live.values():
+            ref.stop()
 
     def on_receive(self, message: Any) -> None:
         match message:
             case RouteChannel():
-                self._route_channel(message)
-            case ToConversation(conversation_id=cid, snapshot=snapshot, event=event):
-                ref = self.by_id.get(cid)
-                if ref is None:
-                    if snapshot is None:
-                        self.log.error("unknown_conversation", conversation_id=cid)
-                        inbox_id = getattr(event, "inbox_id", None)
-                        if inbox_id is not None:
-                            self.edge.submit(Persist((InboxDone(inbox_id, "rejected"),)))
-                        return
-                    ref = self._spawn(snapshot, {}, [], persist=False)
-                ref.tell(event)
+                key = self._key(message)
+                cid = self.keys.get(key)
+                if cid is None:
+                    self._load(f"key:{key}", message)
+                else:
+                    self._deliver(cid, message.event)
+            case ToConversation(conversation_id=cid, event=event):
+                self._deliver(cid, event)
+            case Loaded():
+                self._loaded(message)
             case Restore(conversation=conversation, deliveries=deliveries):
                 lanes, decisions = restore_lanes(deliveries)
                 self._spawn(conversation, lanes, decisions, persist=False)
             case ConversationClosed(conversation_id=cid, key=key):
-                if self.by_key.get(key) is self.by_id.get(cid):
-                    self.by_key.pop(key, None)
+                if self.keys.get(key) == cid:
+                    del self.keys[key]
+                self.closed.add(cid)
+                self._ask_to_retire(cid)
+            case Idle(conversation_id=cid):
+                if cid in self.closed:
+                    self._ask_to_retire(cid)
+                self._evict()
+            case Busy(conversation_id=cid):
+                held = self.retiring.pop(cid, [])
+                if cid in self.live:
+                    self.live.move_to_end(cid)
+                for event in held:
+                    self._deliver(cid, event)
+            case Retired(conversation_id=cid):
+                self.live.pop(cid, None)
+                self.closed.discard(cid)
+                self.sent.pop(cid, None)
+                for key in [k for k, v in self.keys.items() if v == cid]:
+                    del self.keys[key]
+                for event in self.retiring.pop(cid, []):
+                    self._load(f"id:{cid}", event)
+                self.on_live(len(self.live))
             case _:
                 self.log.error("unexpected_message", message=repr(message))
 
-    def _route_channel(self, message: RouteChannel) -> None:
+    @staticmethod
+    def _key(message: RouteChannel) -> str:
         route = message.route
-        key = conversation_key(message.asset, message.user, route.service, route.target)
-        ref = self.by_key.get(key)
+        return conversation_key(message.asset, message.user, route.service, route.target)
+
+    def _deliver(self, cid: str, event: ConversationEvent) -> None:
+        held = self.retiring.get(cid)
+        if held is not None:
+            held.append(event)
+            return
+        ref = self.live.get(cid)
         if ref is None:
-            snapshot = message.snapshot
-            if snapshot is not None and snapshot.conversation_id in self.by_id:
-                snapshot = None  # that one closed while this event was on its way
-            if snapshot is not None:
-                ref = self._spawn(snapshot, {}, [], persist=False)
-            else:
-                assert self.deps is not None
-                conversation = Conversation(
-                    conversation_id=self.deps.new_id(),
-                    asset=message.asset,
-                    channel=message.channel,
-                    user=message.user,
-                    service=route.service,
-                    mode=route.mode,
-                    bot=route.bot,
-                    ccsp=route.ccsp,
-                    flow=route.flow,
-                    created_at=self.deps.clock.now(),
-                    route="flow" if route.mode == "flow" else "bot",
-                )
-                ref = self._spawn(conversation, {}, [], persist=True)
-        ref.tell(message.event)
+            self._load(f"id:{cid}", event)
+            return
+        self.live.move_to_end(cid)
+        self.sent[cid] += 1
+        ref.tell(event)
+
+    def _load(self, lookup: str, item: RouteChannel | ConversationEvent) -> None:
+        waiting = self.loading.get(lookup)
+        if waiting is not None:
+            waiting.append(item)
+            return
+        self.loading[lookup] = [item]
+        self.edge.submit(Load(lookup, self.actor_ref))
+
+    def _loaded(self, message: Loaded) -> None:
+        items = self.loading.pop(message.lookup, [])
+        conversation = message.conversation
+        if message.failed:
+            # Left unrouted in the store: routed again when the daemon next starts.
+            self.log.error("conversation_load_failed", lookup=message.lookup, events=len(items))
+            return
+        kind, _, value = message.lookup.partition(":")
+        if kind == "key":
+            if conversation is not None:
+                found = conversation.conversation_id
+                running = found in self.live or found in self.retiring
+                if running and self.keys.get(value) != found:
+                    conversation = None  # it closed after the store was read
+            if conversation is None:
+                first = items[0]
+                assert isinstance(first, RouteChannel)
+                conversation = self._new(first)
+                self._spawn(conversation, {}, [], persist=True)
+        elif conversation is None:
+            self.log.error("unknown_conversation", conversation_id=value)
+            for item in items:
+                inbox_id = getattr(item, "inbox_id", None)
+                if inbox_id is not None:
+                    self.edge.submit(Persist((InboxDone(inbox_id, "rejected"),)))
+            return
+        cid = conversation.conversation_id
+        if cid not in self.live and cid not in self.retiring:
+            self._spawn(conversation, {}, [], persist=False)
+        for item in items:
+            self._deliver(cid, item.event if isinstance(item, RouteChannel) else item)
+
+    def _new(self, message: RouteChannel) -> Conversation:
+        route = message.route
+        return Conversation(
+            conversation_id=self.deps.new_id(),
+            asset=message.asset,
+            channel=message.channel,
+            user=message.user,
+            service=route.service,
+            mode=route.mode,
+            bot=route.bot,
+            ccsp=route.ccsp,
+            flow=route.flow,
+            created_at=self.deps.clock.now(),
+            route="flow" if route.mode == "flow" else "bot",
+        )
 
     def _spawn(
         self,
@@ -95,15 +188,32 @@ class CoreActor(pykka.ThreadingActor):
         decisions: list[LaneDecision],
         *,
         persist: bool,
-    ) -> Ref:
-        assert self.deps is not None
-        ref: Ref = ConversationActor.start(
+    ) -> None:
+        cid = conversation.conversation_id
+        self.live[cid] = ConversationActor.start(
             conversation, lanes, self.deps, initial=decisions, persist_new=persist
         )
-        self.by_id[conversation.conversation_id] = ref
+        self.sent[cid] = 0
         if conversation.status == "open":
-            self.by_key[conversation.key] = ref
-        return ref
+            self.keys[conversation.key] = cid
+        self._evict()
+        self.on_live(len(self.live))
+
+    def _evict(self) -> None:
+        excess = len(self.live) - len(self.retiring) - self.max_live
+        for cid in list(self.live):
+            if excess <= 0:
+                return
+            if cid not in self.retiring:
+                self._ask_to_retire(cid)
+                excess -= 1
+
+    def _ask_to_retire(self, cid: str) -> None:
+        ref = self.live.get(cid)
+        if ref is None or cid in self.retiring:
+            return
+        self.retiring[cid] = []
+        ref.tell(MayRetire(self.sent[cid]))
 
 
 def restore_lanes(deliveries: tuple[Delivery, ...]) -> tuple[dict[str, Lane], list[LaneDecision]]:

@@ -47,15 +47,13 @@ class RouteChannel:
     channel: str
     user: str
     event: CustomerEvent
-    snapshot: Conversation | None
 
 
 @dataclass(frozen=True)
 class ToConversation:
-    """An event for a known conversation; `snapshot` revives it if its actor is not running."""
+    """An event for a known conversation, running or not."""
 
     conversation_id: str
-    snapshot: Conversation | None
     event: ConversationEvent
 
 
@@ -71,3 +69,40 @@ class Restore:
 class ConversationClosed:
     conversation_id: str
     key: str
+
+
+@dataclass(frozen=True)
+class MayRetire:
+    """The core asks an idle conversation actor to stop; `routed` is what the core has sent it."""
+
+    routed: int
+
+
+@dataclass(frozen=True)
+class Retired:
+    """The actor stopped with nothing owed; sent once its last write is durable."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class Busy:
+    """The actor has work (deliveries owed, or events the core sent that it has not seen)."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class Idle:
+    """An actor that answered Busy has since finished its work."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The store's answer to a `Load`: the conversation by id, or the open one for a key."""
+
+    lookup: str
+    conversation: Conversation | None
+    failed: bool = False

@@ -13,7 +13,7 @@ from router.events import Replay
 from router.http_util import json_response, read_json, require_bearer
 from router.inbound import InputError, bad_request
 from router.public_api import ROUTER
-from router.records import get_conversation, get_delivery
+from router.records import get_delivery
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -196,6 +196,5 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
     delivery = await router.store.read(lambda c: get_delivery(c, delivery_id))
     if delivery is None or delivery.status != "dead":
         raise InputError(404, "unknown_dead_letter", f"no dead letter {delivery_id}")
-    conversation = await router.store.read(lambda c: get_conversation(c, delivery.conversation_id))
-    router.core.tell(ToConversation(delivery.conversation_id, conversation, Replay(delivery)))
+    router.core.tell(ToConversation(delivery.conversation_id, Replay(delivery)))
     return json_response({"replayed": delivery_id}, status=202)

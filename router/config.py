@@ -44,6 +44,11 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class ConversationsConfig:
+    max_live: int = 10_000
+
+
+@dataclass(frozen=True)
 class IntegrationConfig:
     id: str
     name: str
@@ -99,6 +104,7 @@ class Config:
     admin_token: str = ""
     store_path: Path = Path("var/router.db")
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    conversations: ConversationsConfig = field(default_factory=ConversationsConfig)
     integrations: tuple[IntegrationConfig, ...] = ()
     ccsps: tuple[CcspConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()
@@ -162,6 +168,11 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         inactive_after_failures=delivery_t.integer("inactive_after_failures", 5, minimum=1),
     )
     delivery_t.done()
+    conversations_t = top.table("conversations")
+    conversations = ConversationsConfig(
+        max_live=conversations_t.integer("max_live", 10_000, minimum=1),
+    )
+    conversations_t.done()
 
     integrations = tuple(_integration(t) for t in top.tables("integrations"))
     ccsps = tuple(_ccsp(t) for t in top.tables("ccsp"))
@@ -188,6 +199,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         admin_token=admin_token,
         store_path=store_path,
         delivery=delivery,
+        conversations=conversations,
         integrations=integrations,
         ccsps=ccsps,
         flows=flows,

@@ -166,7 +166,12 @@ class Router:
                 new_id=new_id,
             )
 
-        self.core = CoreActor.start(deps, self.edge)
+        self.core = CoreActor.start(
+            deps,
+            self.edge,
+            self.config.conversations.max_live,
+            self.metrics.live_conversations.set,
+        )
         self.intake = Intake(self.config, self.store, self.core)
 
     def add_endpoint(
@@ -235,7 +240,7 @@ class Router:
                 asset = self.config.asset(source_id)
                 if asset is None:
                     raise InputError(404, "unknown_asset", source_id)
-                routed = await self.intake.route_channel(asset, parse_channel(body), inbox_id)
+                routed = self.intake.route_channel(asset, parse_channel(body), inbox_id)
                 if not routed:
                     await self.store.write(lambda c: self._done(c, inbox_id, "unrouted"))
             elif source == "bot":

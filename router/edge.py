@@ -15,11 +15,11 @@ import orjson
 import pykka
 import structlog
 
-from actors.messages import AttemptResult
+from actors.messages import AttemptResult, Loaded
 from router.clock import Clock, Timer
-from router.effects import Attempt, Effect, Persist, Tell, TellAt
+from router.effects import Attempt, Effect, Load, Persist, Tell, TellAt
 from router.metrics import Metrics
-from router.records import apply_writes
+from router.records import apply_writes, get_conversation, open_conversation
 from router.store import Store
 
 
@@ -73,6 +73,8 @@ class IoEdge:
                 self._spawn(self._after(future, then))
             case Attempt():
                 self._spawn(self._attempt(effect))
+            case Load():
+                self._spawn(self._load(effect))
             case Tell() | TellAt():
                 self._tell(effect)
 
@@ -101,6 +103,19 @@ class IoEdge:
             return
         with contextlib.suppress(pykka.ActorDeadError):
             item.ref.tell(item.message)
+
+    async def _load(self, load: Load) -> None:
+        kind, _, value = load.lookup.partition(":")
+        reader = get_conversation if kind == "id" else open_conversation
+        try:
+            found = await self.store.read(lambda conn: reader(conn, value))
+        except Exception as exc:
+            self.log.error("store_read_failed", lookup=load.lookup, error=str(exc))
+            answer = Loaded(load.lookup, None, failed=True)
+        else:
+            answer = Loaded(load.lookup, found)
+        with contextlib.suppress(pykka.ActorDeadError):
+            load.reply_to.tell(answer)
 
     async def _attempt(self, attempt: Attempt) -> None:
         ok, error = await self.post(attempt.url, attempt.access_token, attempt.delivery.body)

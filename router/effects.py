@@ -49,7 +49,16 @@ class Attempt:
     conversation: Ref
 
 
-Effect = Persist | Attempt | Tell | TellAt
+@dataclass(frozen=True)
+class Load:
+    """Read a conversation (`id:<conversation id>`, or `key:<key>` for the open one); the
+    answer goes back to `reply_to` as Loaded."""
+
+    lookup: str
+    reply_to: Ref
+
+
+Effect = Persist | Attempt | Tell | TellAt | Load
 
 
 class Edge(Protocol):

@@ -12,7 +12,7 @@ import structlog
 
 from actors.messages import RouteChannel, ToConversation
 from router.config import AssetConfig, Config
-from router.conversation import Conversation, conversation_key
+from router.conversation import Conversation
 from router.effects import Ref
 from router.events import (
     AgentClose,
@@ -25,7 +25,7 @@ from router.events import (
     InboundEvent,
 )
 from router.inbound import BotInput, CcspInput, ChannelInput, InputError
-from router.records import get_conversation, open_conversation, session_with_conversation
+from router.records import get_conversation, session_with_conversation
 from router.rules import flows_for_bot_event, route_channel_event
 from router.store import Store
 
@@ -44,7 +44,7 @@ class Intake:
     store: Store
     core: Ref
 
-    async def route_channel(self, asset: AssetConfig, event: ChannelInput, inbox_id: int) -> bool:
+    def route_channel(self, asset: AssetConfig, event: ChannelInput, inbox_id: int) -> bool:
         """False when no rule of the asset's service takes the event."""
         route = route_channel_event(self.config, asset)
         if route is None:
@@ -52,10 +52,8 @@ class Intake:
                 "channel_event_unrouted", asset=asset.id, service=asset.service
             )
             return False
-        key = conversation_key(asset.id, event.user, route.service, route.target)
-        snapshot = await self.store.read(lambda conn: open_conversation(conn, key))
         customer = CustomerEvent(inbox_id, event.event, event.message_id, event.fields)
-        self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer, snapshot))
+        self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer))
         return True
 
     async def check_bot(self, integration_id: str, event: BotInput) -> Conversation:
@@ -94,7 +92,7 @@ class Intake:
                 self.config, conversation.service, integration_id, event.trigger
             )
             routed = BotEvent(inbox_id, event.event, event.extra, flows)
-        self.core.tell(ToConversation(conversation.conversation_id, conversation, routed))
+        self.core.tell(ToConversation(conversation.conversation_id, routed))
 
     async def check_ccsp(self, ccsp_id: str, event: CcspInput) -> Conversation:
         session, conversation = await self.store.read(
@@ -114,4 +112,4 @@ class Intake:
             routed = AgentMessage(inbox_id, event.ccsp_conversation_id, event.fields)
         else:
             routed = AgentClose(inbox_id, event.ccsp_conversation_id)
-        self.core.tell(ToConversation(conversation.conversation_id, conversation, routed))
+        self.core.tell(ToConversation(conversation.conversation_id, routed))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class Metrics:
@@ -24,5 +24,10 @@ class Metrics:
             "router_http_errors_total",
             "Requests answered with an error, by status",
             ["status"],
+            registry=self.registry,
+        )
+        self.live_conversations = Gauge(
+            "router_live_conversation_actors",
+            "Conversation actors running now",
             registry=self.registry,
         )

@@ -65,7 +65,7 @@ async def channel_event(request: web.Request) -> web.Response:
         router.metrics.inbound.labels(source="channel", result="duplicate").inc()
         return json_response({"accepted": True, "duplicate": True}, status=200)
     assert router.intake is not None
-    if not await router.intake.route_channel(asset, event, inbox_id):
+    if not router.intake.route_channel(asset, event, inbox_id):
         await router.store.write(lambda c: apply_writes(c, (InboxDone(inbox_id, "unrouted"),)))
         router.metrics.inbound.labels(source="channel", result="unrouted").inc()
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from router.clock import iso_timestamp
 from tests.clock import ManualClock
@@ -242,3 +243,24 @@ async def test_verify_requires_the_admin_token(daemon: Daemon) -> None:
     )
     assert (status, body["error"]) == (401, "unauthorized")
     assert ADMIN != "wrong"
+
+
+async def test_operators_are_told_when_a_bot_goes_out_of_service_and_comes_back(
+    start_router: StartRouter, peers: Peers, clock: ManualClock
+) -> None:
+    daemon = await start_router(clock=clock, retry_delays_s=DELAYS, inactive_after_failures=1)
+    peers.bot.script = [500]
+    with capture_logs() as logs:
+        await daemon.customer("hi", "m1")
+
+        async def inactive() -> bool:
+            return (await integration(daemon))["state"] == "inactive"
+
+        await daemon.until(inactive)
+        status, _ = await daemon.admin("POST", "/v1/admin/integrations/support-bot/verify")
+        assert status == 200
+        await peers.bot.wait_for(1)
+    events = [(e["event"], e.get("dest"), e["log_level"]) for e in logs]
+    assert ("delivery_attempt_failed", "bot:support-bot", "info") in events
+    assert ("integration_inactive", "bot:support-bot", "warning") in events
+    assert ("integration_reactivated", "bot:support-bot", "info") in events

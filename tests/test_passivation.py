@@ -1,0 +1,78 @@
+"""Idle conversation actors stop beyond `max_live` and resume from the store unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import Daemon, Peers, StartRouter, base_config
+
+
+async def live_actors(daemon: Daemon) -> float:
+    _, text = await daemon.get_debug("/metrics")
+    line = next(x for x in text.splitlines() if x.startswith("router_live_conversation_actors "))
+    return float(line.split()[1])
+
+
+async def start_small(start_router: StartRouter, peers: Peers, tmp_path: Path) -> Daemon:
+    config = base_config(peers, tmp_path / "router.db")
+    config["conversations"] = {"max_live": 1}
+    return await start_router(config)
+
+
+async def test_conversations_keep_their_ids_and_order_while_actors_come_and_go(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    daemon = await start_small(start_router, peers, tmp_path)
+    users = ("ann", "ben", "cal")
+    for round_ in range(8):
+        for user in users:
+            status, _ = await daemon.customer(f"{user} {round_}", f"{user}-{round_}", user=user)
+            assert status == 202
+    bodies = await peers.bot.wait_for(len(users) * 8)
+    for user in users:
+        mine = [b for b in bodies if b["Message"].startswith(user)]
+        assert [b["Message"] for b in mine] == [f"{user} {i}" for i in range(8)]
+        assert len({b["Conversationid"] for b in mine}) == 1
+    assert len({b["Conversationid"] for b in bodies}) == 3
+
+    async def settled() -> bool:
+        return await live_actors(daemon) == 1
+
+    await daemon.until(settled)
+
+
+async def test_an_agent_session_survives_its_actor_stopping(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    daemon = await start_small(start_router, peers, tmp_path)
+    await daemon.customer("help", "a1", user="ann")
+    [first] = await peers.bot.wait_for(1)
+    await daemon.bot({"eventid": "1002", "conversation_id": first["Conversationid"]})
+    [handover] = await peers.ccsp.wait_for(1)
+    await daemon.customer("hello", "b1", user="ben")
+    await peers.bot.wait_for(2)
+    status, _ = await daemon.agent(
+        {"Event": "Agent message", "Conversationid": handover["Conversationid"], "Message": "hi"}
+    )
+    assert status == 202
+    [to_ann] = await peers.channel.wait_for(1)
+    assert (to_ann["Userid"], to_ann["Message"]) == ("ann", "hi")
+    await daemon.customer("still me", "a2", user="ann")
+    _, to_agent = await peers.ccsp.wait_for(2)
+    assert to_agent["Conversationid"] == handover["Conversationid"]
+    assert to_agent["Message"] == "still me"
+
+
+async def test_a_closed_conversation_stops_its_actor(daemon: Daemon, peers: Peers) -> None:
+    await daemon.customer("bye", "m1")
+    [first] = await peers.bot.wait_for(1)
+
+    async def running(count: float) -> bool:
+        return await live_actors(daemon) == count
+
+    await daemon.until(lambda: running(1))
+    await daemon.bot({"Event": "Close", "conversation_id": first["Conversationid"]})
+    await daemon.until(lambda: running(0))
+    await daemon.customer("back", "m2")
+    _, second = await peers.bot.wait_for(2)
+    assert second["Conversationid"] != first["Conversationid"]

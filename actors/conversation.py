@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_args
 
-import pykka
 import structlog
 
+from actors.base import RouterActor
 from actors.messages import Busy, ConversationClosed, Dispatch, Idle, MayRetire, Retired
 from router.clock import Clock
 from router.conversation import Context, Conversation, Step, handle
@@ -45,7 +45,7 @@ class ConversationDeps:
 ROUTED = (*get_args(InboundEvent), Replay)
 
 
-class ConversationActor(pykka.ThreadingActor):
+class ConversationActor(RouterActor):
     def __init__(
         self,
         conversation: Conversation,
@@ -72,7 +72,7 @@ class ConversationActor(pykka.ThreadingActor):
             step = Step(self.conversation, self.lanes, list(self._initial), self._persist_new)
             self._carry_out(step, was_open=True)
 
-    def on_receive(self, message: Any) -> None:
+    def handle(self, message: Any) -> None:
         if isinstance(message, MayRetire):
             self._may_retire(message.routed)
             return

@@ -12,9 +12,9 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import pykka
 import structlog
 
+from actors.base import RouterActor, tell
 from actors.conversation import ConversationActor, ConversationDeps
 from actors.messages import (
     Busy,
@@ -36,7 +36,7 @@ from router.model import Delivery
 from router.records import InboxDone
 
 
-class CoreActor(pykka.ThreadingActor):
+class CoreActor(RouterActor):
     def __init__(
         self,
         deps_factory: Callable[[Any], ConversationDeps],
@@ -64,7 +64,7 @@ class CoreActor(pykka.ThreadingActor):
         for ref in self.live.values():
             ref.stop()
 
-    def on_receive(self, message: Any) -> None:
+    def handle(self, message: Any) -> None:
         match message:
             case RouteChannel():
                 key = self._key(message)
@@ -96,14 +96,9 @@ class CoreActor(pykka.ThreadingActor):
                 for event in held:
                     self._deliver(cid, event)
             case Retired(conversation_id=cid):
-                self.live.pop(cid, None)
-                self.closed.discard(cid)
-                self.sent.pop(cid, None)
-                for key in [k for k, v in self.keys.items() if v == cid]:
-                    del self.keys[key]
+                self._forget(cid)
                 for event in self.retiring.pop(cid, []):
                     self._load(f"id:{cid}", event)
-                self.on_live(len(self.live))
             case _:
                 self.log.error("unexpected_message", message=repr(message))
 
@@ -123,7 +118,17 @@ class CoreActor(pykka.ThreadingActor):
             return
         self.live.move_to_end(cid)
         self.sent[cid] += 1
-        ref.tell(event)
+        if not tell(ref, event):  # stopped under us: start it again from the store
+            self._forget(cid)
+            self._load(f"id:{cid}", event)
+
+    def _forget(self, cid: str) -> None:
+        self.live.pop(cid, None)
+        self.sent.pop(cid, None)
+        self.closed.discard(cid)
+        for key in [k for k, v in self.keys.items() if v == cid]:
+            del self.keys[key]
+        self.on_live(len(self.live))
 
     def _load(self, lookup: str, item: RouteChannel | ConversationEvent) -> None:
         waiting = self.loading.get(lookup)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import pykka
 import structlog
 
+from actors.base import RouterActor, tell
 from actors.messages import AttemptResult, Dispatch, Reconfigure, Verified
 from router.effects import Attempt, Edge, Persist, Ref
 from router.endpoint_state import EndpointState, on_attempt, on_verified
@@ -16,7 +16,7 @@ from router.events import DeliveryOutcome, Release
 from router.records import SaveIntegrationState
 
 
-class EndpointActor(pykka.ThreadingActor):
+class EndpointActor(RouterActor):
     def __init__(self, state: EndpointState, edge: Edge, threshold: int) -> None:
         super().__init__()
         self.state = state
@@ -25,12 +25,13 @@ class EndpointActor(pykka.ThreadingActor):
         self.parked: dict[int, Ref] = {}  # conversation refs by identity, in parking order
         self.log = structlog.get_logger("router.endpoint").bind(dest=state.dest.key)
 
-    def on_receive(self, message: Any) -> None:
+    def handle(self, message: Any) -> None:
         match message:
             case Dispatch(delivery=delivery, conversation=conversation):
                 if self.state.inactive:
                     self._park(conversation)
-                    conversation.tell(
+                    tell(
+                        conversation,
                         DeliveryOutcome(
                             delivery.delivery_id,
                             delivery.dest.key,
@@ -38,7 +39,7 @@ class EndpointActor(pykka.ThreadingActor):
                             attempted=False,
                             error="integration inactive",
                             inactive=True,
-                        )
+                        ),
                     )
                     return
                 self.edge.submit(
@@ -54,7 +55,8 @@ class EndpointActor(pykka.ThreadingActor):
                 self._count(ok)
                 if not ok and self.state.inactive:
                     self._park(conversation)
-                conversation.tell(
+                tell(
+                    conversation,
                     DeliveryOutcome(
                         delivery.delivery_id,
                         delivery.dest.key,
@@ -62,14 +64,14 @@ class EndpointActor(pykka.ThreadingActor):
                         attempted=True,
                         error=error,
                         inactive=self.state.inactive,
-                    )
+                    ),
                 )
             case Verified():
                 self._set(on_verified(self.state))
                 self.log.info("integration_reactivated", released=len(self.parked))
                 parked, self.parked = self.parked, {}
                 for conversation in parked.values():
-                    conversation.tell(Release(self.state.dest.key))
+                    tell(conversation, Release(self.state.dest.key))
             case Reconfigure(url=url, access_token=token):
                 self.state = replace(self.state, url=url, access_token=token)
 

@@ -115,7 +115,9 @@ class ConversationActor(RouterActor):
                 case RetryAt(delivery_id=delivery_id, dest=dest, at=at):
                     then.append(TellAt(at, self.actor_ref, RetryDue(delivery_id, dest.key)))
         if step.inbox_done is not None:
-            writes.append(InboxDone(step.inbox_done))
+            writes.append(InboxDone(step.inbox_done, "rejected" if step.rejected else "done"))
+            if step.rejected:
+                self.log.warning("event_rejected", inbox_id=step.inbox_done, reason=step.rejected)
         if writes or then:
             self.deps.edge.submit(Persist(tuple(writes), tuple(then)))
         cid = step.conversation.conversation_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -11,7 +12,7 @@ from aiohttp import web
 from actors.messages import ToConversation, Verified
 from router.events import Replay
 from router.http_util import json_response, read_json, require_bearer
-from router.inbound import InputError, bad_request
+from router.inbound import InputError, bad_request, row_id
 from router.public_api import ROUTER
 from router.records import get_delivery
 
@@ -42,8 +43,12 @@ def _integration(router: Router, request: web.Request) -> Integration:
     item_id = request.match_info["id"]
     integration = router.integrations.items.get(item_id)
     if integration is None:
-        raise InputError(404, "unknown_integration", f"no integration {item_id!r}")
+        raise _unknown(item_id)
     return integration
+
+
+def _unknown(item_id: str) -> InputError:
+    return InputError(404, "unknown_integration", f"no integration {item_id!r}")
 
 
 async def _view(router: Router, integration: Integration) -> dict[str, Any]:
@@ -104,6 +109,8 @@ def _fields(body: Any, *, required: bool) -> dict[str, str]:
             continue
         if not isinstance(value, str) or not value.strip():
             raise bad_request(f"{key} must be a non-empty string")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise bad_request(f"{key} must not contain control characters")
         if key == "url" and not value.startswith(("http://", "https://")):
             raise bad_request("url must be an http:// or https:// URL")
         if key == "id" and ("/" in value or len(value) > 100):
@@ -119,9 +126,12 @@ async def create_integration(request: web.Request) -> web.Response:
     fields = _fields(await read_json(request), required=True)
     if fields.get("id") in router.integrations.items:
         raise InputError(409, "duplicate_id", f"integration {fields['id']!r} exists")
-    integration = await router.integrations.create(
-        fields["name"], fields["url"], fields["access_token"], fields.get("id")
-    )
+    try:
+        integration = await router.integrations.create(
+            fields["name"], fields["url"], fields["access_token"], fields.get("id")
+        )
+    except sqlite3.IntegrityError:
+        raise InputError(409, "duplicate_id", f"integration {fields['id']!r} exists") from None
     router.add_endpoint(integration)
     return json_response(await _view(router, integration), status=201)
 
@@ -130,7 +140,10 @@ async def patch_integration(request: web.Request) -> web.Response:
     router = _admin(request)
     integration = _integration(router, request)
     fields = _fields(await read_json(request), required=False)
-    integration = await router.integrations.update(integration.id, fields)
+    try:
+        integration = await router.integrations.update(integration.id, fields)
+    except KeyError:
+        raise _unknown(integration.id) from None
     router.reconfigure_endpoint(integration)
     return json_response(await _view(router, integration))
 
@@ -183,18 +196,31 @@ async def verify_integration(request: web.Request) -> web.Response:
             (integration.id,),
         )
     )
-    router.endpoints[f"bot:{integration.id}"].tell(Verified())
+    endpoint = router.endpoints.get(f"bot:{integration.id}")
+    if endpoint is None:
+        raise _unknown(integration.id)  # deleted while the challenge was out
+    endpoint.tell(Verified())
     return json_response(await _view(router, integration))
 
 
 async def replay_dead_letter(request: web.Request) -> web.Response:
     router = _admin(request)
-    try:
-        delivery_id = int(request.match_info["id"])
-    except ValueError:
-        raise bad_request("a dead letter id is a number") from None
+    delivery_id = row_id(request.match_info["id"], "a dead letter id")
     delivery = await router.store.read(lambda c: get_delivery(c, delivery_id))
+    unknown = InputError(404, "unknown_dead_letter", f"no dead letter {delivery_id}")
     if delivery is None or delivery.status != "dead":
-        raise InputError(404, "unknown_dead_letter", f"no dead letter {delivery_id}")
+        raise unknown
+    # Owed again on disk before the answer: a restart now resumes it like any other delivery.
+    revived = await router.store.write(
+        lambda c: (
+            c.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
+                "last_error = NULL WHERE delivery_id = ? AND status = 'dead'",
+                (delivery_id,),
+            ).rowcount
+        )
+    )
+    if not revived:
+        raise unknown  # replayed by someone else meanwhile
     router.core.tell(ToConversation(delivery.conversation_id, Replay(delivery)))
     return json_response({"replayed": delivery_id}, status=202)

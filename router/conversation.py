@@ -101,6 +101,7 @@ class Step:
     changed: bool = False
     sessions: list[CcspSession] = field(default_factory=list)
     inbox_done: int | None = None
+    rejected: str | None = None  # why an accepted event was not acted on
 
     def deliver(self, ctx: Context, dest: Destination, body: dict[str, Any]) -> None:
         delivery = Delivery(
@@ -142,25 +143,36 @@ def handle(
             _customer(step, event, ctx)
         case BotReply():
             step.inbox_done = event.inbox_id
-            step.remember("bot", event.fields, ctx.now)
-            _to_customer(step, event.fields, ctx)
+            step.rejected = _bot_may_not_speak(conversation)
+            if step.rejected is None:
+                step.remember("bot", event.fields, ctx.now)
+                _to_customer(step, event.fields, ctx)
         case BotHandover():
             step.inbox_done = event.inbox_id
-            _handover(step, event, ctx)
+            step.rejected = _bot_may_not_speak(conversation)
+            if step.rejected is None:
+                _handover(step, event, ctx)
         case BotEvent():
             step.inbox_done = event.inbox_id
             for flow in event.flows:
                 _to_flow(step, flow, event.event, event.data, ctx)
         case BotClose():
             step.inbox_done = event.inbox_id
-            if conversation.status == "open":
+            if conversation.route == "ccsp":
+                step.rejected = "an agent holds the conversation"
+            elif conversation.status == "open":
                 step.update(status="closed", closed_at=ctx.now)
         case AgentMessage():
             step.inbox_done = event.inbox_id
-            _agent_message(step, event, ctx)
+            if conversation.ccsp_conversation_id != event.ccsp_conversation_id:
+                step.rejected = "the agent session is closed"
+            else:
+                _agent_message(step, event, ctx)
         case AgentClose():
             step.inbox_done = event.inbox_id
-            if conversation.ccsp_conversation_id == event.ccsp_conversation_id:
+            if conversation.ccsp_conversation_id != event.ccsp_conversation_id:
+                step.rejected = "the agent session is closed"
+            else:
                 step.update(route="bot", ccsp_conversation_id=None)
                 assert conversation.ccsp is not None
                 step.sessions.append(
@@ -202,6 +214,15 @@ def handle(
             lane = step.lanes.get(revived.dest.key, Lane(revived.dest))
             step.apply(lane_ops.enqueue(lane, revived))
     return step
+
+
+def _bot_may_not_speak(conversation: Conversation) -> str | None:
+    """The bot may reply, hand over or close only while it holds an open conversation."""
+    if conversation.status == "closed":
+        return "the conversation is closed"
+    if conversation.route == "ccsp":
+        return "an agent holds the conversation"
+    return None
 
 
 def _owed(lanes: dict[str, Lane], delivery_id: int) -> bool:

@@ -22,7 +22,7 @@ from actors.endpoint import EndpointActor
 from actors.messages import Reconfigure, Restore
 from router.admin_api import admin_routes
 from router.clock import Clock, SystemClock
-from router.config import Config, ConfigError, check_references
+from router.config import Config, check_references
 from router.debug_api import debug_app
 from router.edge import IoEdge
 from router.endpoint_state import EndpointState
@@ -82,8 +82,8 @@ class Router:
             self.start_actors()
             started.append("actors")
             await self.restore()
+            started.append("http")  # whichever listener did start is closed on failure
             await self.start_http()
-            started.append("http")
         except BaseException:
             await self._stop(started)
             raise
@@ -119,10 +119,7 @@ class Router:
 
     async def load_integrations(self) -> None:
         await self.integrations.load(self.config.integrations)
-        try:
-            check_references(self.config, set(self.integrations.items))
-        except ConfigError as exc:
-            raise StartError(str(exc)) from exc
+        check_references(self.config, set(self.integrations.items))
         for ccsp in self.config.ccsps:
             pinned = ccsp.webhook_token is not None
             proposed = ccsp.webhook_token or new_token()
@@ -189,9 +186,9 @@ class Router:
         )
 
     def reconfigure_endpoint(self, integration: Integration) -> None:
-        self.endpoints[f"bot:{integration.id}"].tell(
-            Reconfigure(integration.url, integration.access_token)
-        )
+        endpoint = self.endpoints.get(f"bot:{integration.id}")
+        if endpoint is not None:
+            endpoint.tell(Reconfigure(integration.url, integration.access_token))
 
     def remove_endpoint(self, integration_id: str) -> None:
         ref = self.endpoints.pop(f"bot:{integration_id}", None)
@@ -199,9 +196,10 @@ class Router:
             ref.stop(block=False)
 
     async def stop_actors(self) -> None:
+        # Timers first, then conversations (through the core), then the endpoints they send
+        # to: a conversation never finds its endpoint gone while it is still running.
+        self.edge.quiesce()
         core, endpoints = self.core, list(self.endpoints.values())
-        self.core = None
-        self.endpoints.clear()
 
         def stop_all() -> None:
             if core is not None:
@@ -210,6 +208,8 @@ class Router:
                 ref.stop()
 
         await asyncio.get_running_loop().run_in_executor(None, stop_all)
+        self.core = None
+        self.endpoints.clear()
 
     async def restore(self) -> None:
         """Resume every owed delivery, then route what was stored but never routed."""

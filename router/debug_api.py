@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.clock import iso_timestamp
 from router.http_util import error_middleware, json_response
-from router.inbound import InputError, bad_request
+from router.inbound import InputError, bad_request, row_id
 from router.model import Delivery
 from router.public_api import ROUTER
 from router.records import (
@@ -84,6 +84,16 @@ def conversation_view(c: Conversation) -> dict[str, Any]:
 async def healthz(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     await router.store.read(lambda c: c.execute("SELECT 1").fetchone())
+    failures = router.edge.persist_failures
+    if failures:
+        return json_response(
+            {
+                "status": "degraded",
+                "persist_failures": failures,
+                "message": "writes to the store failed; restart the daemon to resume from disk",
+            },
+            status=503,
+        )
     return json_response({"status": "ok"})
 
 
@@ -138,10 +148,7 @@ async def conversation(request: web.Request) -> web.Response:
 async def dead_letter_list(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     limit, cursor = _page(request)
-    try:
-        after = int(cursor or 0)
-    except ValueError:
-        raise bad_request("cursor must be a dead letter id") from None
+    after = row_id(cursor, "cursor") if cursor else 0
     items = await router.store.read(lambda c: dead_letters(c, limit + 1, after))
     page = items[:limit]
     return json_response(

@@ -22,6 +22,8 @@ from router.metrics import Metrics
 from router.records import apply_writes, get_conversation, open_conversation
 from router.store import Store
 
+ATTEMPTS_PER_DESTINATION = 64
+
 
 class IoEdge:
     def __init__(self, store: Store, clock: Clock, timeout_s: float, metrics: Metrics) -> None:
@@ -34,20 +36,30 @@ class IoEdge:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[Timer] = set()
         self._closing = False
+        self._timers_off = False
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self.persist_failures = 0
         self.log = structlog.get_logger("router.edge")
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.session = aiohttp.ClientSession(
             json_serialize_bytes=orjson.dumps,
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+            # Attempts wait for a slot per destination before their timeout starts, so the
+            # connection pool itself never makes an attempt late.
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
         )
 
-    async def stop(self) -> None:
-        self._closing = True
+    def quiesce(self) -> None:
+        """No more timers: retries due during shutdown resume from the store next start."""
+        self._timers_off = True
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+
+    async def stop(self) -> None:
+        self.quiesce()
+        self._closing = True
         # Writes already queued finish; attempts in flight are abandoned and resume on restart.
         for task in list(self._tasks):
             task.cancel()
@@ -87,12 +99,18 @@ class IoEdge:
         try:
             await future
         except Exception as exc:
-            self.log.error("persist_failed", error=str(exc))
+            # Nothing that follows from an unwritten step may happen: the step is redone from
+            # the store at the next start. Until then the daemon reports itself degraded.
+            self.persist_failures += 1
+            self.log.error("persist_failed", error=str(exc), dropped=len(then))
+            return
         for item in then:
             self._tell(item)
 
     def _tell(self, item: Tell | TellAt) -> None:
         if isinstance(item, TellAt):
+            if self._timers_off:
+                return
 
             def fire() -> None:
                 self._timers.discard(timer)
@@ -118,7 +136,17 @@ class IoEdge:
             load.reply_to.tell(answer)
 
     async def _attempt(self, attempt: Attempt) -> None:
-        ok, error = await self.post(attempt.url, attempt.access_token, attempt.delivery.body)
+        slots = self._slots.setdefault(
+            attempt.delivery.dest.key, asyncio.Semaphore(ATTEMPTS_PER_DESTINATION)
+        )
+        try:
+            async with slots:
+                ok, error = await self.post(
+                    attempt.url, attempt.access_token, attempt.delivery.body
+                )
+        except Exception as exc:  # whatever went wrong, the lane must hear back
+            self.log.exception("delivery_attempt_crashed", delivery_id=attempt.delivery.delivery_id)
+            ok, error = False, f"{type(exc).__name__}: {exc}"
         kind = attempt.delivery.dest.kind
         self.metrics.attempts.labels(kind=kind, outcome="ok" if ok else "failed").inc()
         if not ok:
@@ -153,5 +181,6 @@ class IoEdge:
                 return False, f"HTTP {response.status}", payload
         except TimeoutError:
             return False, f"no answer within {self.timeout.total}s", b""
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
+            # ValueError: aiohttp refuses a header or URL it cannot send.
             return False, f"{type(exc).__name__}: {exc}", b""

@@ -23,6 +23,17 @@ def bad_request(message: str, code: str = "invalid_request") -> InputError:
     return InputError(400, code, message)
 
 
+def row_id(raw: str, what: str) -> int:
+    """A positive id that SQLite can hold; anything else is the caller's mistake."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{what} is a whole number, got {raw!r}") from None
+    if not 0 < value < 2**63:
+        raise bad_request(f"{what} must be between 1 and {2**63 - 1}")
+    return value
+
+
 def fold(key: str) -> str:
     return key.lower().replace("_", "")
 

@@ -70,6 +70,12 @@ class Integrations:
                         "webhook_token = ?, origin = 'config' WHERE id = ?",
                         (item.name, item.url, item.access_token, token, item.id),
                     )
+            # Taken out of the file: from now on the operator manages it over the API.
+            conn.execute(
+                "UPDATE integrations SET origin = 'admin' WHERE origin = 'config' AND id NOT IN "
+                f"({', '.join('?' * len(configured))})",
+                [item.id for item in configured],
+            )
             return integration_rows(conn)
 
         rows = await self.store.write(upsert)
@@ -94,7 +100,7 @@ class Integrations:
         return integration
 
     async def update(self, item_id: str, changes: dict[str, str]) -> Integration:
-        current = self.items[item_id]
+        current = self.items[item_id]  # KeyError: deleted meanwhile
         updated = replace(
             current,
             name=changes.get("name", current.name),

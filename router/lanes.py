@@ -66,11 +66,14 @@ def restore(dest: Destination, deliveries: list[Delivery]) -> Result:
     head = lane.head
     if head is None:
         return lane, []
+    if any(d.status == "parked" for d in deliveries):
+        # Offered again as if released: the endpoint parks them anew if it is still
+        # inactive, and nothing stays parked behind an endpoint that is back in service.
+        return release(replace(lane, phase="parked"))
     if head.status == "retrying" and head.next_attempt_at is not None:
         return replace(lane, phase="waiting"), [
             RetryAt(head.delivery_id, dest, head.next_attempt_at)
         ]
-    # Parked lanes are offered again: the endpoint parks them anew if still inactive.
     return replace(lane, phase="in_flight"), [Send(head)]
 
 
@@ -146,6 +149,4 @@ def _advance(lane: Lane, decisions: list[LaneDecision]) -> Result:
     head = lane.head
     if head is None:
         return replace(lane, phase="idle"), decisions
-    if head.status == "parked":
-        return _park(lane)[0], decisions
     return replace(lane, phase="in_flight"), [*decisions, Send(head)]

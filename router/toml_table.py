@@ -37,6 +37,8 @@ class Table:
             return default
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, "must be a non-empty string")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise self.error(key, "must not contain control characters")
         return value
 
     def optional_string(self, key: str) -> str | None:

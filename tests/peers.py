@@ -20,7 +20,8 @@ class Received:
 class Peer:
     """Answers each POST by the next scripted behaviour (default 200 OK) and records it.
 
-    A behaviour is an HTTP status (int), or ("sleep", seconds) to answer too late.
+    A behaviour is an HTTP status (int), ("sleep", seconds) to answer too late (not recorded),
+    or ("slow", seconds) to answer 200 after a while.
     `verify` decides what a {"Event": "Verify"} request gets back: "echo", "wrong" or a status.
     """
 
@@ -54,6 +55,9 @@ class Peer:
         if isinstance(behaviour, tuple) and behaviour[0] == "sleep":
             await asyncio.sleep(behaviour[1])
             return web.json_response({"late": True})
+        if isinstance(behaviour, tuple) and behaviour[0] == "slow":
+            await asyncio.sleep(behaviour[1])
+            behaviour = 200
         if behaviour >= 300:
             return web.json_response({"error": "scripted"}, status=behaviour)
         self.received.append(Received(body, dict(request.headers)))

@@ -407,14 +407,14 @@ def test_cli_serve_help_names_config_option() -> None:
 
 def test_cli_without_command_prints_help_and_fails() -> None:
     result = cli()
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "serve" in result.stdout
 
 
 def test_cli_serve_refuses_bad_config(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text('[admin]\ntoken = "t"\n\n[delivery]\ntimeout_s = -5\n')
     result = cli("serve", "--config", "bad.toml", cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "bad.toml" in result.stderr
     assert "delivery.timeout_s" in result.stderr
     assert "must be a positive number" in result.stderr
@@ -431,7 +431,7 @@ def test_cli_serve_refuses_rule_with_unknown_bot(tmp_path: Path) -> None:
         'bot = "ghost"\n'
     )
     result = cli("serve", "--config", "bad.toml", cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "bad.toml: services[0].rules[0].bot: unknown integration 'ghost'" in result.stderr
 
 

@@ -312,10 +312,23 @@ def test_restore_pending_head_sends() -> None:
     assert lane.phase == "in_flight"
 
 
-def test_restore_parked_head_sends() -> None:
-    head = delivery(1, status="parked")
+def test_restore_offers_a_parked_lane_again_as_released() -> None:
+    head = delivery(1, status="parked", attempts=5)
     lane, decisions = lanes.restore(BOT, [head, delivery(2, status="parked")])
-    assert decisions == [Send(head)]
+    fresh = [replace(d, status="pending", attempts=0) for d in lane.queue]
+    assert [d.status for d in lane.queue] == ["pending", "pending"]
+    assert [d.attempts for d in lane.queue] == [0, 0]
+    assert decisions == [Save(fresh[0]), Save(fresh[1]), Send(fresh[0])]
+    assert lane.phase == "in_flight"
+
+
+def test_a_restored_parked_lane_runs_to_the_end_once_the_endpoint_accepts() -> None:
+    lane, _ = lanes.restore(BOT, [delivery(1, status="parked"), delivery(2, status="parked")])
+    lane, decisions = lanes.on_outcome(
+        lane, 1, ok=True, attempted=True, error=None, inactive=False, now=NOW, delays=DELAYS
+    )
+    assert decisions == [Remove(1), Send(lane.queue[0])]
+    assert lane.queue[0].delivery_id == 2
     assert lane.phase == "in_flight"
 
 

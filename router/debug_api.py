@@ -84,13 +84,13 @@ def conversation_view(c: Conversation) -> dict[str, Any]:
 async def healthz(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     await router.store.read(lambda c: c.execute("SELECT 1").fetchone())
-    failures = router.edge.persist_failures
+    failures = router.edge.store_failures
     if failures:
         return json_response(
             {
                 "status": "degraded",
-                "persist_failures": failures,
-                "message": "writes to the store failed; restart the daemon to resume from disk",
+                "store_failures": failures,
+                "message": "the store failed; restart the daemon to resume from disk",
             },
             status=503,
         )

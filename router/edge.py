@@ -38,7 +38,7 @@ class IoEdge:
         self._closing = False
         self._timers_off = False
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self.persist_failures = 0
+        self.store_failures = 0
         self.log = structlog.get_logger("router.edge")
 
     async def start(self) -> None:
@@ -101,7 +101,7 @@ class IoEdge:
         except Exception as exc:
             # Nothing that follows from an unwritten step may happen: the step is redone from
             # the store at the next start. Until then the daemon reports itself degraded.
-            self.persist_failures += 1
+            self.store_failures += 1
             self.log.error("persist_failed", error=str(exc), dropped=len(then))
             return
         for item in then:
@@ -128,6 +128,7 @@ class IoEdge:
         try:
             found = await self.store.read(lambda conn: reader(conn, value))
         except Exception as exc:
+            self.store_failures += 1  # its events wait in the store for the next start
             self.log.error("store_read_failed", lookup=load.lookup, error=str(exc))
             answer = Loaded(load.lookup, None, failed=True)
         else:

@@ -13,7 +13,15 @@ from typing import Any, get_args
 import structlog
 
 from actors.base import RouterActor
-from actors.messages import Busy, ConversationClosed, Dispatch, Idle, MayRetire, Retired
+from actors.messages import (
+    Busy,
+    ConversationClosed,
+    Dispatch,
+    Idle,
+    MayRetire,
+    Retired,
+    RouteChannel,
+)
 from router.clock import Clock
 from router.conversation import Context, Conversation, Step, handle
 from router.effects import Edge, Persist, Ref, Tell, TellAt
@@ -42,7 +50,7 @@ class ConversationDeps:
     new_id: Callable[[], str]
 
 
-ROUTED = (*get_args(InboundEvent), Replay)
+ROUTED = (*get_args(InboundEvent), Replay, RouteChannel)
 
 
 class ConversationActor(RouterActor):
@@ -78,6 +86,12 @@ class ConversationActor(RouterActor):
             return
         if isinstance(message, ROUTED):
             self.routed += 1
+        if isinstance(message, RouteChannel):
+            if self.conversation.status == "closed":
+                # Closed after the core picked this actor: the core opens a new one.
+                self.deps.core.tell(message)
+                return
+            message = message.event
         ctx = Context(
             now=self.deps.clock.now(),
             delays=self.deps.delays,

@@ -35,6 +35,8 @@ from router.lanes import Lane, LaneDecision
 from router.model import Delivery
 from router.records import InboxDone
 
+Routed = RouteChannel | ConversationEvent
+
 
 class CoreActor(RouterActor):
     def __init__(
@@ -52,9 +54,12 @@ class CoreActor(RouterActor):
         self.live: OrderedDict[str, Any] = OrderedDict()  # id -> ref, least recently used first
         self.keys: dict[str, str] = {}  # identity -> id, for running open conversations
         self.sent: dict[str, int] = {}  # events routed to each running actor
-        self.retiring: dict[str, list[ConversationEvent]] = {}
+        self.retiring: dict[str, list[Routed]] = {}
+        self.stale: set[str] = set()  # loads to repeat: issued before a Retired arrived
+        self.arrivals = 0  # orders events that wait on different loads
+        self.busy: set[str] = set()  # said Busy; asked again once it says Idle
         self.closed: set[str] = set()  # running, closed, to stop once idle
-        self.loading: dict[str, list[RouteChannel | ConversationEvent]] = {}
+        self.loading: dict[str, list[tuple[int, Routed]]] = {}
         self.log = structlog.get_logger("router.core")
 
     def on_start(self) -> None:
@@ -72,7 +77,7 @@ class CoreActor(RouterActor):
                 if cid is None:
                     self._load(f"key:{key}", message)
                 else:
-                    self._deliver(cid, message.event)
+                    self._deliver(cid, message)
             case ToConversation(conversation_id=cid, event=event):
                 self._deliver(cid, event)
             case Loaded():
@@ -86,19 +91,23 @@ class CoreActor(RouterActor):
                 self.closed.add(cid)
                 self._ask_to_retire(cid)
             case Idle(conversation_id=cid):
+                self.busy.discard(cid)
                 if cid in self.closed:
                     self._ask_to_retire(cid)
                 self._evict()
             case Busy(conversation_id=cid):
+                self.busy.add(cid)  # not asked again until it says Idle
                 held = self.retiring.pop(cid, [])
                 if cid in self.live:
                     self.live.move_to_end(cid)
-                for event in held:
-                    self._deliver(cid, event)
+                for item in held:
+                    self._deliver(cid, item)
             case Retired(conversation_id=cid):
                 self._forget(cid)
-                for event in self.retiring.pop(cid, []):
-                    self._load(f"id:{cid}", event)
+                # A read already under way may predate the retired actor's last write.
+                self.stale.update(self.loading)
+                for item in self.retiring.pop(cid, []):
+                    self._load(f"id:{cid}", item)
             case _:
                 self.log.error("unexpected_message", message=repr(message))
 
@@ -107,7 +116,7 @@ class CoreActor(RouterActor):
         route = message.route
         return conversation_key(message.asset, message.user, route.service, route.target)
 
-    def _deliver(self, cid: str, event: ConversationEvent) -> None:
+    def _deliver(self, cid: str, event: Routed) -> None:
         held = self.retiring.get(cid)
         if held is not None:
             held.append(event)
@@ -126,25 +135,35 @@ class CoreActor(RouterActor):
         self.live.pop(cid, None)
         self.sent.pop(cid, None)
         self.closed.discard(cid)
+        self.busy.discard(cid)
         for key in [k for k, v in self.keys.items() if v == cid]:
             del self.keys[key]
         self.on_live(len(self.live))
 
-    def _load(self, lookup: str, item: RouteChannel | ConversationEvent) -> None:
+    def _load(self, lookup: str, item: Routed) -> None:
+        self.arrivals += 1
         waiting = self.loading.get(lookup)
         if waiting is not None:
-            waiting.append(item)
+            waiting.append((self.arrivals, item))
             return
-        self.loading[lookup] = [item]
+        self.loading[lookup] = [(self.arrivals, item)]
         self.edge.submit(Load(lookup, self.actor_ref))
 
     def _loaded(self, message: Loaded) -> None:
-        items = self.loading.pop(message.lookup, [])
+        if message.lookup in self.stale:
+            self.stale.discard(message.lookup)
+            if message.lookup in self.loading:
+                self.edge.submit(Load(message.lookup, self.actor_ref))
+            return
+        waiting = self.loading.pop(message.lookup, [])
         conversation = message.conversation
         if message.failed:
             # Left unrouted in the store: routed again when the daemon next starts.
-            self.log.error("conversation_load_failed", lookup=message.lookup, events=len(items))
+            self.log.error("conversation_load_failed", lookup=message.lookup, events=len(waiting))
             return
+        if not waiting:
+            return  # its events already went with a load of the same conversation by id or key
+        items = [item for _, item in waiting]
         kind, _, value = message.lookup.partition(":")
         if kind == "key":
             if conversation is not None:
@@ -167,8 +186,11 @@ class CoreActor(RouterActor):
         cid = conversation.conversation_id
         if cid not in self.live and cid not in self.retiring:
             self._spawn(conversation, {}, [], persist=False)
-        for item in items:
-            self._deliver(cid, item.event if isinstance(item, RouteChannel) else item)
+        # Events for this conversation that wait on its other lookup go along, in arrival order.
+        for other in (f"id:{cid}", f"key:{conversation.key}"):
+            waiting += self.loading.pop(other, [])
+        for _, item in sorted(waiting, key=lambda pair: pair[0]):
+            self._deliver(cid, item)
 
     def _new(self, message: RouteChannel) -> Conversation:
         route = message.route
@@ -209,7 +231,7 @@ class CoreActor(RouterActor):
         for cid in list(self.live):
             if excess <= 0:
                 return
-            if cid not in self.retiring:
+            if cid not in self.retiring and cid not in self.busy:
                 self._ask_to_retire(cid)
                 excess -= 1
 

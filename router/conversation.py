@@ -154,7 +154,9 @@ def handle(
                 _handover(step, event, ctx)
         case BotEvent():
             step.inbox_done = event.inbox_id
-            for flow in event.flows:
+            if conversation.status == "closed":
+                step.rejected = "the conversation is closed"
+            for flow in () if step.rejected else event.flows:
                 _to_flow(step, flow, event.event, event.data, ctx)
         case BotClose():
             step.inbox_done = event.inbox_id

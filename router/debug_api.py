@@ -85,7 +85,7 @@ async def healthz(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     await router.store.read(lambda c: c.execute("SELECT 1").fetchone())
     failures = router.edge.store_failures
-    if failures:
+    if failures or router.edge.fenced:
         return json_response(
             {
                 "status": "degraded",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -19,10 +21,14 @@ from actors.messages import AttemptResult, Loaded
 from router.clock import Clock, Timer
 from router.effects import Attempt, Effect, Load, Persist, Tell, TellAt
 from router.metrics import Metrics
-from router.records import apply_writes, get_conversation, open_conversation
+from router.records import Write, apply_writes, get_conversation, open_conversation
 from router.store import Store
 
 ATTEMPTS_PER_DESTINATION = 64
+
+
+class StoreFenced(Exception):
+    """A write refused because an earlier one failed."""
 
 
 class IoEdge:
@@ -39,6 +45,7 @@ class IoEdge:
         self._timers_off = False
         self._slots: dict[str, asyncio.Semaphore] = {}
         self.store_failures = 0
+        self.fenced = False  # after a store failure: accept, but route nothing until restart
         self.log = structlog.get_logger("router.edge")
 
     async def start(self) -> None:
@@ -77,11 +84,11 @@ class IoEdge:
             loop.call_soon_threadsafe(self._run, effect)
 
     def _run(self, effect: Effect) -> None:
-        if self._closing:
+        if self._closing or self.fenced:
             return
         match effect:
             case Persist(writes=writes, then=then):
-                future = self.store.write(lambda conn: apply_writes(conn, writes))
+                future = self.store.write(self._fenced_write(writes))
                 self._spawn(self._after(future, then))
             case Attempt():
                 self._spawn(self._attempt(effect))
@@ -95,14 +102,28 @@ class IoEdge:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _fenced_write(self, writes: tuple[Write, ...]) -> Callable[[sqlite3.Connection], None]:
+        """Runs on the writer thread, so a failure fences every step written after it."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            if self.fenced or self.store.failed:
+                raise StoreFenced("an earlier write failed; routing resumes at the next start")
+            try:
+                apply_writes(conn, writes)
+            except Exception:
+                self.fenced = True
+                raise
+
+        return work
+
     async def _after(self, future: asyncio.Future[None], then: tuple[Tell | TellAt, ...]) -> None:
         try:
             await future
         except Exception as exc:
-            # Nothing that follows from an unwritten step may happen: the step is redone from
-            # the store at the next start. Until then the daemon reports itself degraded.
-            self.store_failures += 1
-            self.log.error("persist_failed", error=str(exc), dropped=len(then))
+            # A step that is not on disk must have no consequence, and neither may any step
+            # after it: they are all redone, in order, from the store at the next start. Intake
+            # keeps storing meanwhile; the daemon reports itself degraded.
+            self._fence("persist_failed", str(exc))
             return
         for item in then:
             self._tell(item)
@@ -128,13 +149,18 @@ class IoEdge:
         try:
             found = await self.store.read(lambda conn: reader(conn, value))
         except Exception as exc:
-            self.store_failures += 1  # its events wait in the store for the next start
-            self.log.error("store_read_failed", lookup=load.lookup, error=str(exc))
+            self._fence("store_read_failed", str(exc))  # its events wait for the next start
             answer = Loaded(load.lookup, None, failed=True)
         else:
             answer = Loaded(load.lookup, found)
         with contextlib.suppress(pykka.ActorDeadError):
             load.reply_to.tell(answer)
+
+    def _fence(self, event: str, error: str) -> None:
+        if not self.fenced:
+            self.log.error(event, error=error, fenced=True)
+        self.fenced = True
+        self.store_failures += 1
 
     async def _attempt(self, attempt: Attempt) -> None:
         slots = self._slots.setdefault(

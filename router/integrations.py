@@ -108,13 +108,14 @@ class Integrations:
             access_token=changes.get("access_token", current.access_token),
         )
 
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def write(conn: sqlite3.Connection) -> int:
+            return conn.execute(
                 "UPDATE integrations SET name = ?, url = ?, access_token = ? WHERE id = ?",
                 (updated.name, updated.url, updated.access_token, item_id),
-            )
+            ).rowcount
 
-        await self.store.write(write)
+        if not await self.store.write(write) or item_id not in self.items:
+            raise KeyError(item_id)  # deleted while this change was being written
         self.items[item_id] = updated
         return updated
 

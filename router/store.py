@@ -102,6 +102,7 @@ class Store:
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         self._read_conn: sqlite3.Connection | None = None
+        self.failed = False  # a commit failed: set on the writer thread, before the next batch
         self._log = structlog.get_logger("router.store")
 
     def open(self) -> None:
@@ -182,6 +183,7 @@ class Store:
                 conn.execute("RELEASE work")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self.failed = True
             self._log.error("store_commit_failed", error=str(exc), batch=len(batch))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import Daemon, Peers, StartRouter, base_config
 
@@ -76,3 +77,26 @@ async def test_a_closed_conversation_stops_its_actor(daemon: Daemon, peers: Peer
     await daemon.customer("back", "m2")
     _, second = await peers.bot.wait_for(2)
     assert second["Conversationid"] != first["Conversationid"]
+
+
+async def test_a_message_right_after_the_bot_closes_opens_a_new_conversation(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    daemon = await start_small(start_router, peers, tmp_path)
+
+    async def delivered(message_id: str) -> dict[str, Any]:
+        async def arrived() -> bool:
+            return any(b["Messageid"] == message_id for b in peers.bot.bodies)
+
+        await daemon.until(arrived)
+        return next(b for b in peers.bot.bodies if b["Messageid"] == message_id)
+
+    for i in range(25):
+        user = f"user-{i}"
+        await daemon.customer("other", f"other-{i}", user=f"other-{i % 2}")
+        await daemon.customer("hi", f"{user}-a", user=user)
+        closed = (await delivered(f"{user}-a"))["Conversationid"]
+        close = await daemon.bot({"Event": "Close", "conversation_id": closed})
+        again = await daemon.customer("again", f"{user}-b", user=user)
+        assert (close[0], again[0]) == (202, 202)
+        assert (await delivered(f"{user}-b"))["Conversationid"] != closed

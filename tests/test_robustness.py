@@ -219,3 +219,41 @@ async def test_a_failed_start_leaves_no_port_open(peers: Peers, tmp_path: Path) 
             await router.start()
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", public_port)
+
+
+async def test_after_a_failed_write_later_steps_wait_and_are_redone_in_order(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    daemon = await start_router()
+    await daemon.customer("first", "m1")
+    [first] = await peers.bot.wait_for(1)
+    with db(tmp_path / "router.db") as conn:
+        conn.execute(
+            "CREATE TRIGGER no_sessions BEFORE INSERT ON ccsp_sessions "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+    assert (await daemon.bot({"eventid": "1002", "conversation_id": first["Conversationid"]}))[
+        0
+    ] == 202
+
+    async def degraded() -> bool:
+        return (await daemon.get_debug("/healthz"))[0] == 503
+
+    await daemon.until(degraded)
+    assert (await daemon.customer("after", "m2"))[0] == 202
+    await daemon.router.stop()
+    assert peers.ccsp.received == []
+    assert [b["Message"] for b in peers.bot.bodies] == ["first"]
+    with db(tmp_path / "router.db") as conn:
+        conn.execute("DROP TRIGGER no_sessions")
+        route = conn.execute("SELECT state FROM conversations").fetchone()[0]
+    assert b'"route":"bot"' in route
+    await start_router()
+    handover, to_agent = await peers.ccsp.wait_for(2)
+    assert handover["Event"] == "Handover"
+    assert (to_agent["Message"], to_agent["Conversationid"]) == (
+        "after",
+        handover["Conversationid"],
+    )
+    _, copy = await peers.bot.wait_for(2)
+    assert (copy["Message"], copy["ConversationType"]) == ("after", "CCSP")

@@ -21,11 +21,12 @@ from actors.messages import (
     MayRetire,
     Retired,
     RouteChannel,
+    ToConversation,
 )
 from router.clock import Clock
 from router.conversation import Context, Conversation, Step, handle
 from router.effects import Edge, Persist, Ref, Tell, TellAt
-from router.events import DeliveryOutcome, InboundEvent, Replay, RetryDue
+from router.events import DeliveryOutcome, InboundEvent, Release, Replay, RetryDue
 from router.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
 from router.records import (
     InboxDone,
@@ -50,7 +51,7 @@ class ConversationDeps:
     new_id: Callable[[], str]
 
 
-ROUTED = (*get_args(InboundEvent), Replay, RouteChannel)
+ROUTED = (*get_args(InboundEvent), Replay, RouteChannel, RetryDue, Release)
 
 
 class ConversationActor(RouterActor):
@@ -105,6 +106,7 @@ class ConversationActor(RouterActor):
 
     def _carry_out(self, step: Step, was_open: bool) -> None:
         now = self.deps.clock.now()
+        cid = step.conversation.conversation_id
         writes: list[Write] = []
         if step.changed:
             writes.append(SaveConversation(step.conversation, now))
@@ -127,23 +129,24 @@ class ConversationActor(RouterActor):
                 case Send(delivery=d):
                     then.append(self._send(d))
                 case RetryAt(delivery_id=delivery_id, dest=dest, at=at):
-                    then.append(TellAt(at, self.actor_ref, RetryDue(delivery_id, dest.key)))
+                    # Through the core by id: this actor may have retired by then.
+                    due = ToConversation(cid, RetryDue(delivery_id, dest.key))
+                    then.append(TellAt(at, self.deps.core, due))
         if step.inbox_done is not None:
             writes.append(InboxDone(step.inbox_done, "rejected" if step.rejected else "done"))
             if step.rejected:
                 self.log.warning("event_rejected", inbox_id=step.inbox_done, reason=step.rejected)
         if writes or then:
             self.deps.edge.submit(Persist(tuple(writes), tuple(then)))
-        cid = step.conversation.conversation_id
         if was_open and step.conversation.status == "closed":
             self.deps.core.tell(ConversationClosed(cid, step.conversation.key))
-        elif self.declined and not self._owes():
+        elif self.declined and not self._busy():
             self.declined = False
             self.deps.core.tell(Idle(cid))
 
     def _may_retire(self, routed: int) -> None:
         cid = self.conversation.conversation_id
-        if routed != self.routed or self._owes():
+        if routed != self.routed or self._busy():
             self.declined = True
             self.deps.core.tell(Busy(cid))
             return
@@ -151,8 +154,10 @@ class ConversationActor(RouterActor):
         self.deps.edge.submit(Persist((), (Tell(self.deps.core, Retired(cid)),)))
         self.stop()
 
-    def _owes(self) -> bool:
-        return any(lane.queue for lane in self.lanes.values())
+    def _busy(self) -> bool:
+        """An attempt is out: its outcome comes to this actor, so it may not retire yet.
+        Waiting and parked lanes are on disk and resume when the conversation is loaded."""
+        return any(lane.phase == "in_flight" for lane in self.lanes.values())
 
     def _send(self, delivery: Any) -> Tell:
         endpoint = self.deps.endpoints.get(delivery.dest.key)

@@ -185,7 +185,8 @@ class CoreActor(RouterActor):
             return
         cid = conversation.conversation_id
         if cid not in self.live and cid not in self.retiring:
-            self._spawn(conversation, {}, [], persist=False)
+            lanes, decisions = restore_lanes(message.deliveries)
+            self._spawn(conversation, lanes, decisions, persist=False)
         # Events for this conversation that wait on its other lookup go along, in arrival order.
         for other in (f"id:{cid}", f"key:{conversation.key}"):
             waiting += self.loading.pop(other, [])

@@ -9,8 +9,8 @@ from typing import Any
 import structlog
 
 from actors.base import RouterActor, tell
-from actors.messages import AttemptResult, Dispatch, Reconfigure, Verified
-from router.effects import Attempt, Edge, Persist, Ref
+from actors.messages import AttemptResult, Dispatch, Reconfigure, ToConversation, Verified
+from router.effects import Attempt, Edge, Persist
 from router.endpoint_state import EndpointState, on_attempt, on_verified
 from router.events import DeliveryOutcome, Release
 from router.records import SaveIntegrationState
@@ -22,14 +22,16 @@ class EndpointActor(RouterActor):
         self.state = state
         self.edge = edge
         self.threshold = threshold
-        self.parked: dict[int, Ref] = {}  # conversation refs by identity, in parking order
+        # Conversations with deliveries parked here, in parking order. Released through the
+        # core by id: a parked conversation's actor may have retired meanwhile.
+        self.parked: dict[str, None] = {}
         self.log = structlog.get_logger("router.endpoint").bind(dest=state.dest.key)
 
     def handle(self, message: Any) -> None:
         match message:
             case Dispatch(delivery=delivery, conversation=conversation):
                 if self.state.inactive:
-                    self._park(conversation)
+                    self.parked[delivery.conversation_id] = None
                     tell(
                         conversation,
                         DeliveryOutcome(
@@ -54,7 +56,7 @@ class EndpointActor(RouterActor):
             case AttemptResult(delivery=delivery, conversation=conversation, ok=ok, error=error):
                 self._count(ok)
                 if not ok and self.state.inactive:
-                    self._park(conversation)
+                    self.parked[delivery.conversation_id] = None
                 tell(
                     conversation,
                     DeliveryOutcome(
@@ -66,12 +68,12 @@ class EndpointActor(RouterActor):
                         inactive=self.state.inactive,
                     ),
                 )
-            case Verified():
+            case Verified(core=core):
                 self._set(on_verified(self.state))
                 self.log.info("integration_reactivated", released=len(self.parked))
                 parked, self.parked = self.parked, {}
-                for conversation in parked.values():
-                    tell(conversation, Release(self.state.dest.key))
+                for conversation_id in parked:
+                    tell(core, ToConversation(conversation_id, Release(self.state.dest.key)))
             case Reconfigure(url=url, access_token=token):
                 self.state = replace(self.state, url=url, access_token=token)
 
@@ -92,6 +94,3 @@ class EndpointActor(RouterActor):
             self.edge.submit(
                 Persist((SaveIntegrationState(new.dest.id, new.state, new.consecutive_failures),))
             )
-
-    def _park(self, conversation: Ref) -> None:
-        self.parked.setdefault(id(conversation), conversation)

@@ -29,7 +29,9 @@ class AttemptResult:
 
 @dataclass(frozen=True)
 class Verified:
-    """The operator's re-verification succeeded."""
+    """The operator's re-verification succeeded; parked conversations are released via `core`."""
+
+    core: Ref
 
 
 @dataclass(frozen=True)
@@ -105,4 +107,5 @@ class Loaded:
 
     lookup: str
     conversation: Conversation | None
+    deliveries: tuple[Delivery, ...] = ()
     failed: bool = False

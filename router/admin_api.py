@@ -199,7 +199,7 @@ async def verify_integration(request: web.Request) -> web.Response:
     endpoint = router.endpoints.get(f"bot:{integration.id}")
     if endpoint is None:
         raise _unknown(integration.id)  # deleted while the challenge was out
-    endpoint.tell(Verified())
+    endpoint.tell(Verified(router.core))
     return json_response(await _view(router, integration))
 
 

@@ -21,7 +21,13 @@ from actors.messages import AttemptResult, Loaded
 from router.clock import Clock, Timer
 from router.effects import Attempt, Effect, Load, Persist, Tell, TellAt
 from router.metrics import Metrics
-from router.records import Write, apply_writes, get_conversation, open_conversation
+from router.records import (
+    Write,
+    apply_writes,
+    conversation_deliveries,
+    get_conversation,
+    open_conversation,
+)
 from router.store import Store
 
 ATTEMPTS_PER_DESTINATION = 64
@@ -146,13 +152,19 @@ class IoEdge:
     async def _load(self, load: Load) -> None:
         kind, _, value = load.lookup.partition(":")
         reader = get_conversation if kind == "id" else open_conversation
+
+        def read(conn: sqlite3.Connection) -> Loaded:
+            found = reader(conn, value)
+            if found is None:
+                return Loaded(load.lookup, None)
+            owed = conversation_deliveries(conn, found.conversation_id)
+            return Loaded(load.lookup, found, tuple(d for d in owed if d.status != "dead"))
+
         try:
-            found = await self.store.read(lambda conn: reader(conn, value))
+            answer = await self.store.read(read)
         except Exception as exc:
             self._fence("store_read_failed", str(exc))  # its events wait for the next start
             answer = Loaded(load.lookup, None, failed=True)
-        else:
-            answer = Loaded(load.lookup, found)
         with contextlib.suppress(pykka.ActorDeadError):
             load.reply_to.tell(answer)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.clock import ManualClock
 from tests.conftest import Daemon, Peers, StartRouter, base_config
 
 
@@ -100,3 +101,50 @@ async def test_a_message_right_after_the_bot_closes_opens_a_new_conversation(
         again = await daemon.customer("again", f"{user}-b", user=user)
         assert (close[0], again[0]) == (202, 202)
         assert (await delivered(f"{user}-b"))["Conversationid"] != closed
+
+
+async def test_conversations_waiting_on_an_inactive_bot_do_not_keep_actors_running(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    config = base_config(peers, tmp_path / "router.db", inactive_after_failures=1)
+    config["conversations"] = {"max_live": 2}
+    daemon = await start_router(config)
+    peers.bot.script = [500]
+    users = [f"user-{i}" for i in range(40)]
+    for user in users:
+        for n in (1, 2):
+            assert (await daemon.customer(f"{user} {n}", f"{user}-{n}", user=user))[0] == 202
+
+    async def parked_and_retired() -> bool:
+        _, items = await daemon.get_debug("/debug/integrations")
+        return items[0]["parked"] == 80 and await live_actors(daemon) <= 2
+
+    await daemon.until(parked_and_retired)
+    status, _ = await daemon.admin("POST", "/v1/admin/integrations/support-bot/verify")
+    assert status == 200
+    bodies = await peers.bot.wait_for(80)
+    for user in users:
+        assert [b["Message"] for b in bodies if b["Message"].startswith(f"{user} ")] == [
+            f"{user} 1",
+            f"{user} 2",
+        ]
+
+
+async def test_a_retry_due_for_a_retired_conversation_brings_it_back(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    config = base_config(peers, tmp_path / "router.db", retry_delays_s=[60, 300, 900, 2340])
+    config["conversations"] = {"max_live": 1}
+    daemon = await start_router(config, clock=clock)
+    peers.bot.script = [500, 500, 500]
+    for user in ("ann", "ben", "cal"):
+        await daemon.customer(f"hi from {user}", f"{user}-1", user=user)
+
+    async def all_waiting() -> bool:
+        return clock.pending() == [60.0, 60.0, 60.0] and await live_actors(daemon) == 1
+
+    await daemon.until(all_waiting)
+    assert clock.advance(60) == 3
+    bodies = await peers.bot.wait_for(3)
+    assert sorted(b["Message"] for b in bodies) == ["hi from ann", "hi from ben", "hi from cal"]

@@ -14,9 +14,12 @@ import structlog
 
 from actors.base import RouterActor
 from actors.messages import (
+    Bounced,
     Busy,
     ConversationClosed,
     Dispatch,
+    Flush,
+    Flushed,
     Idle,
     MayRetire,
     Retired,
@@ -51,7 +54,7 @@ class ConversationDeps:
     new_id: Callable[[], str]
 
 
-ROUTED = (*get_args(InboundEvent), Replay, RouteChannel, RetryDue, Release)
+ROUTED = (*get_args(InboundEvent), Replay, RouteChannel, RetryDue, Release, Flush)
 
 
 class ConversationActor(RouterActor):
@@ -87,10 +90,13 @@ class ConversationActor(RouterActor):
             return
         if isinstance(message, ROUTED):
             self.routed += 1
+        if isinstance(message, Flush):
+            self.deps.core.tell(Flushed(self.conversation.conversation_id))
+            return
         if isinstance(message, RouteChannel):
             if self.conversation.status == "closed":
                 # Closed after the core picked this actor: the core opens a new one.
-                self.deps.core.tell(message)
+                self.deps.core.tell(Bounced(message))
                 return
             message = message.event
         ctx = Context(

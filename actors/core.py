@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -17,8 +18,11 @@ import structlog
 from actors.base import RouterActor, tell
 from actors.conversation import ConversationActor, ConversationDeps
 from actors.messages import (
+    Bounced,
     Busy,
     ConversationClosed,
+    Flush,
+    Flushed,
     Idle,
     Loaded,
     MayRetire,
@@ -35,7 +39,16 @@ from router.lanes import Lane, LaneDecision
 from router.model import Delivery
 from router.records import InboxDone
 
-Routed = RouteChannel | ConversationEvent
+Routed = RouteChannel | ConversationEvent | Flush
+
+
+@dataclass
+class _Closing:
+    """An identity whose conversation just closed, until that actor has flushed."""
+
+    cid: str
+    bounced: list[RouteChannel] = field(default_factory=list)
+    held: list[RouteChannel] = field(default_factory=list)
 
 
 class CoreActor(RouterActor):
@@ -57,6 +70,7 @@ class CoreActor(RouterActor):
         self.retiring: dict[str, list[Routed]] = {}
         self.stale: set[str] = set()  # loads to repeat: issued before a Retired arrived
         self.arrivals = 0  # orders events that wait on different loads
+        self.closing: dict[str, _Closing] = {}
         self.busy: set[str] = set()  # said Busy; asked again once it says Idle
         self.closed: set[str] = set()  # running, closed, to stop once idle
         self.loading: dict[str, list[tuple[int, Routed]]] = {}
@@ -74,7 +88,10 @@ class CoreActor(RouterActor):
             case RouteChannel():
                 key = self._key(message)
                 cid = self.keys.get(key)
-                if cid is None:
+                closing = self.closing.get(key)
+                if closing is not None:
+                    closing.held.append(message)
+                elif cid is None:
                     self._load(f"key:{key}", message)
                 else:
                     self._deliver(cid, message)
@@ -89,7 +106,24 @@ class CoreActor(RouterActor):
                 if self.keys.get(key) == cid:
                     del self.keys[key]
                 self.closed.add(cid)
+                # Customer events it was sent after closing come back (Bounced) before its
+                # Flushed; newer ones for the identity wait here, so the new conversation gets
+                # them all in the order they came.
+                self.closing[key] = _Closing(cid)
+                self._deliver(cid, Flush())
                 self._ask_to_retire(cid)
+            case Bounced(message=bounced):
+                closing = self.closing.get(self._key(bounced))
+                if closing is not None:
+                    closing.bounced.append(bounced)
+                else:
+                    self.handle(bounced)
+            case Flushed(conversation_id=cid):
+                for key, closing in list(self.closing.items()):
+                    if closing.cid == cid:
+                        del self.closing[key]
+                        for pending in (*closing.bounced, *closing.held):
+                            self.handle(pending)
             case Idle(conversation_id=cid):
                 self.busy.discard(cid)
                 if cid in self.closed:
@@ -187,9 +221,16 @@ class CoreActor(RouterActor):
         if cid not in self.live and cid not in self.retiring:
             lanes, decisions = restore_lanes(message.deliveries)
             self._spawn(conversation, lanes, decisions, persist=False)
-        # Events for this conversation that wait on its other lookup go along, in arrival order.
-        for other in (f"id:{cid}", f"key:{conversation.key}"):
-            waiting += self.loading.pop(other, [])
+        # Events for this conversation that wait on its other lookup go along, in arrival
+        # order. That load stays tracked (emptied): its answer is then ignored, and a
+        # Retired still marks it stale.
+        others = [f"id:{cid}"] + (
+            [f"key:{conversation.key}"] if conversation.status == "open" else []
+        )
+        for other in others:
+            if other != message.lookup and other in self.loading:
+                waiting += self.loading[other]
+                self.loading[other] = []
         for _, item in sorted(waiting, key=lambda pair: pair[0]):
             self._deliver(cid, item)
 

@@ -95,6 +95,23 @@ class Busy:
 
 
 @dataclass(frozen=True)
+class Bounced:
+    """A customer event that reached its conversation after it closed: route it anew."""
+
+    message: RouteChannel
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Core to a conversation that closed: answer Flushed once all before this is handled."""
+
+
+@dataclass(frozen=True)
+class Flushed:
+    conversation_id: str
+
+
+@dataclass(frozen=True)
 class Idle:
     """An actor that answered Busy has since finished its work."""
 

@@ -136,7 +136,7 @@ class ConversationActor(RouterActor):
                     then.append(self._send(d))
                 case RetryAt(delivery_id=delivery_id, dest=dest, at=at):
                     # Through the core by id: this actor may have retired by then.
-                    due = ToConversation(cid, RetryDue(delivery_id, dest.key))
+                    due = ToConversation(cid, RetryDue(delivery_id, dest.key, at))
                     then.append(TellAt(at, self.deps.core, due))
         if step.inbox_done is not None:
             writes.append(InboxDone(step.inbox_done, "rejected" if step.rejected else "done"))

@@ -204,7 +204,7 @@ def handle(
         case RetryDue():
             lane = step.lanes.get(event.dest_key)
             if lane is not None:
-                step.apply(lane_ops.on_retry_due(lane, event.delivery_id))
+                step.apply(lane_ops.on_retry_due(lane, event.delivery_id, event.at))
         case Release():
             lane = step.lanes.get(event.dest_key)
             if lane is not None:

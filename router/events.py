@@ -73,6 +73,7 @@ class DeliveryOutcome:
 class RetryDue:
     delivery_id: int
     dest_key: str
+    at: float | None = None  # the retry it was set for: a timer left from an earlier one is void
 
 
 @dataclass(frozen=True)

@@ -119,10 +119,12 @@ def on_outcome(
     return lane, [Save(head), RetryAt(head.delivery_id, lane.dest, at)]
 
 
-def on_retry_due(lane: Lane, delivery_id: int) -> Result:
+def on_retry_due(lane: Lane, delivery_id: int, at: float | None = None) -> Result:
     head = lane.head
     if head is None or head.delivery_id != delivery_id or lane.phase != "waiting":
         return lane, []
+    if at is not None and head.next_attempt_at != at:
+        return lane, []  # a timer for an earlier retry of this delivery
     return replace(lane, phase="in_flight"), [Send(head)]
 
 

@@ -339,3 +339,13 @@ def test_restored_waiting_lane_resumes_on_retry_due() -> None:
     assert decisions == [Send(head)]
     lane, decisions = fail(lane, 1)
     assert decisions[-1] == RetryAt(1, BOT, NOW + DELAYS[1])
+
+
+def test_a_timer_left_from_an_earlier_retry_is_ignored() -> None:
+    lane, _ = lanes.enqueue(Lane(BOT), delivery(1))
+    lane, _ = lanes.on_outcome(
+        lane, 1, ok=False, attempted=True, error="HTTP 500", inactive=False, now=NOW, delays=DELAYS
+    )
+    assert lanes.on_retry_due(lane, 1, at=NOW + 1) == (lane, [])
+    lane, decisions = lanes.on_retry_due(lane, 1, at=NOW + DELAYS[0])
+    assert decisions == [Send(lane.queue[0])]

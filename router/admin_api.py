@@ -14,7 +14,7 @@ from router.events import Replay
 from router.http_util import json_response, read_json, require_bearer
 from router.inbound import InputError, bad_request, row_id
 from router.public_api import ROUTER
-from router.records import get_delivery
+from router.records import SaveIntegrationState, apply_writes, get_delivery
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -190,12 +190,9 @@ async def verify_integration(request: web.Request) -> web.Response:
             ok, error = False, "the answer did not carry the challenge that was sent"
     if not ok:
         raise InputError(422, "verification_failed", f"webhook verification failed: {error}")
-    await router.store.write(
-        lambda c: c.execute(
-            "UPDATE integrations SET state = 'active', consecutive_failures = 0 WHERE id = ?",
-            (integration.id,),
-        )
-    )
+    # Written before answering, so a GET right after sees it; the endpoint actor follows.
+    write = SaveIntegrationState(integration.id, "active", 0)
+    await router.store.write(lambda c: apply_writes(c, (write,)))
     endpoint = router.endpoints.get(f"bot:{integration.id}")
     if endpoint is None:
         raise _unknown(integration.id)  # deleted while the challenge was out

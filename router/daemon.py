@@ -34,8 +34,6 @@ from router.metrics import Metrics
 from router.model import Delivery, Destination
 from router.public_api import public_app
 from router.records import (
-    InboxDone,
-    apply_writes,
     get_conversation,
     live_deliveries,
     max_delivery_id,
@@ -240,9 +238,7 @@ class Router:
                 asset = self.config.asset(source_id)
                 if asset is None:
                     raise InputError(404, "unknown_asset", source_id)
-                routed = self.intake.route_channel(asset, parse_channel(body), inbox_id)
-                if not routed:
-                    await self.store.write(lambda c: self._done(c, inbox_id, "unrouted"))
+                await self.intake.route_channel(asset, parse_channel(body), inbox_id)
             elif source == "bot":
                 bot_event = parse_bot(body)
                 conversation = await self.intake.check_bot(source_id, bot_event)
@@ -253,11 +249,7 @@ class Router:
                 self.intake.route_ccsp(ccsp_event, conversation, inbox_id)
         except InputError as exc:
             self.log.warning("inbox_replay_rejected", inbox_id=inbox_id, error=exc.message)
-            await self.store.write(lambda c: self._done(c, inbox_id, "rejected"))
-
-    @staticmethod
-    def _done(conn: sqlite3.Connection, inbox_id: int, status: str) -> None:
-        apply_writes(conn, (InboxDone(inbox_id, status),))
+            await self.intake.finish(inbox_id, "rejected")
 
     async def start_http(self) -> None:
         server = self.config.server

@@ -25,7 +25,12 @@ from router.events import (
     InboundEvent,
 )
 from router.inbound import BotInput, CcspInput, ChannelInput, InputError
-from router.records import get_conversation, session_with_conversation
+from router.records import (
+    InboxDone,
+    apply_writes,
+    get_conversation,
+    session_with_conversation,
+)
 from router.rules import flows_for_bot_event, route_channel_event
 from router.store import Store
 
@@ -44,13 +49,18 @@ class Intake:
     store: Store
     core: Ref
 
-    def route_channel(self, asset: AssetConfig, event: ChannelInput, inbox_id: int) -> bool:
-        """False when no rule of the asset's service takes the event."""
+    async def finish(self, inbox_id: int, status: str) -> None:
+        """Record a stored event that will not reach a conversation (unrouted, rejected)."""
+        await self.store.write(lambda conn: apply_writes(conn, (InboxDone(inbox_id, status),)))
+
+    async def route_channel(self, asset: AssetConfig, event: ChannelInput, inbox_id: int) -> bool:
+        """False when no rule of the asset's service takes the event; it is kept as unrouted."""
         route = route_channel_event(self.config, asset)
         if route is None:
             structlog.get_logger("router.intake").warning(
                 "channel_event_unrouted", asset=asset.id, service=asset.service
             )
+            await self.finish(inbox_id, "unrouted")
             return False
         customer = CustomerEvent(inbox_id, event.event, event.message_id, event.fields)
         self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer))

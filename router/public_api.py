@@ -19,7 +19,7 @@ from router.http_util import (
     token_matches,
 )
 from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
-from router.records import InboxDone, apply_writes, insert_inbox
+from router.records import insert_inbox
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -65,11 +65,9 @@ async def channel_event(request: web.Request) -> web.Response:
         router.metrics.inbound.labels(source="channel", result="duplicate").inc()
         return json_response({"accepted": True, "duplicate": True}, status=200)
     assert router.intake is not None
-    if not router.intake.route_channel(asset, event, inbox_id):
-        await router.store.write(lambda c: apply_writes(c, (InboxDone(inbox_id, "unrouted"),)))
-        router.metrics.inbound.labels(source="channel", result="unrouted").inc()
-    else:
-        router.metrics.inbound.labels(source="channel", result="accepted").inc()
+    routed = await router.intake.route_channel(asset, event, inbox_id)
+    result = "accepted" if routed else "unrouted"
+    router.metrics.inbound.labels(source="channel", result=result).inc()
     return json_response(ACCEPTED, status=202)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -270,7 +269,3 @@ def webhook_token(
         "SELECT token FROM webhook_tokens WHERE kind = ? AND id = ?", (kind, item_id)
     ).fetchone()
     return str(row["token"])
-
-
-def row_dict(row: sqlite3.Row) -> dict[str, Any]:
-    return {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a mapping

@@ -6,8 +6,8 @@ writes first, and only once they are durable, the sends and timers that follow f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, get_args
 
 import structlog
@@ -29,13 +29,22 @@ from actors.messages import (
 from router.clock import Clock
 from router.conversation import Context, Conversation, Step, handle
 from router.effects import Edge, Persist, Ref, Tell, TellAt
-from router.events import DeliveryOutcome, InboundEvent, Release, Replay, RetryDue
+from router.events import (
+    DeliveryOutcome,
+    HandoverDeadline,
+    InboundEvent,
+    Release,
+    Replay,
+    RetryDue,
+    SessionIdle,
+)
 from router.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
 from router.records import (
     InboxDone,
     RemoveDelivery,
     SaveConversation,
     SaveDelivery,
+    SaveOutbound,
     SaveSession,
     Write,
 )
@@ -52,9 +61,33 @@ class ConversationDeps:
     delays: tuple[float, ...]
     next_delivery_id: Callable[[], int]
     new_id: Callable[[], str]
+    handover_deadline: float = 60.0
+    session_idle_timeouts: Mapping[str, float] = field(default_factory=dict)  # by CCSP id
+    max_parked_age: float = 86_400.0
+
+    def context(self, conversation: Conversation) -> Context:
+        idle = self.session_idle_timeouts.get(conversation.ccsp or "", 86_400.0)
+        return Context(
+            now=self.clock.now(),
+            delays=self.delays,
+            next_delivery_id=self.next_delivery_id,
+            new_id=self.new_id,
+            handover_deadline=self.handover_deadline,
+            session_idle_timeout=idle,
+            max_parked_age=self.max_parked_age,
+        )
 
 
-ROUTED = (*get_args(InboundEvent), Replay, RouteChannel, RetryDue, Release, Flush)
+ROUTED = (
+    *get_args(InboundEvent),
+    Replay,
+    RouteChannel,
+    RetryDue,
+    Release,
+    Flush,
+    HandoverDeadline,
+    SessionIdle,
+)
 
 
 class ConversationActor(RouterActor):
@@ -99,12 +132,7 @@ class ConversationActor(RouterActor):
                 self.deps.core.tell(Bounced(message))
                 return
             message = message.event
-        ctx = Context(
-            now=self.deps.clock.now(),
-            delays=self.deps.delays,
-            next_delivery_id=self.deps.next_delivery_id,
-            new_id=self.deps.new_id,
-        )
+        ctx = self.deps.context(self.conversation)
         was_open = self.conversation.status == "open"
         step = handle(self.conversation, self.lanes, message, ctx)
         self.conversation, self.lanes = step.conversation, step.lanes
@@ -117,7 +145,17 @@ class ConversationActor(RouterActor):
         if step.changed:
             writes.append(SaveConversation(step.conversation, now))
         writes.extend(SaveSession(s) for s in step.sessions)
-        then: list[Tell | TellAt] = []
+        writes.extend(SaveOutbound(asset, mid, cid) for asset, mid in step.outbound)
+        for session in step.sessions:
+            if session.status != "open":
+                self.log.info(
+                    "agent_session_ended",
+                    ccsp_conversation_id=session.ccsp_conversation_id,
+                    status=session.status,
+                )
+        then: list[Tell | TellAt] = [
+            TellAt(w.at, self.deps.core, ToConversation(cid, w.event)) for w in step.wake
+        ]
         for decision in step.decisions:
             match decision:
                 case Save(delivery=d):
@@ -129,6 +167,7 @@ class ConversationActor(RouterActor):
                             dest=d.dest.key,
                             attempts=d.attempts,
                             error=d.last_error,
+                            reason=d.reason,
                         )
                 case Remove(delivery_id=delivery_id):
                     writes.append(RemoveDelivery(delivery_id))

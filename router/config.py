@@ -41,6 +41,8 @@ class DeliveryConfig:
     timeout_s: float = 5.0
     retry_delays_s: tuple[float, ...] = (60.0, 300.0, 900.0, 2340.0)
     inactive_after_failures: int = 5
+    handover_deadline_s: float = 60.0
+    max_parked_age_s: float = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class CcspConfig:
     url: str
     access_token: str
     webhook_token: str | None = None
+    session_idle_timeout_s: float = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         timeout_s=delivery_t.number("timeout_s", 5.0),
         retry_delays_s=delivery_t.numbers("retry_delays_s", (60.0, 300.0, 900.0, 2340.0)),
         inactive_after_failures=delivery_t.integer("inactive_after_failures", 5, minimum=1),
+        handover_deadline_s=delivery_t.number("handover_deadline_s", 60.0),
+        max_parked_age_s=delivery_t.number("max_parked_age_s", 86_400.0),
     )
     delivery_t.done()
     conversations_t = top.table("conversations")
@@ -253,6 +258,7 @@ def _ccsp(t: Table) -> CcspConfig:
         url=t.url("url"),
         access_token=t.string("access_token", required=True),
         webhook_token=t.optional_string("webhook_token"),
+        session_idle_timeout_s=t.number("session_idle_timeout_s", 86_400.0),
     )
     t.done()
     return item

@@ -24,14 +24,17 @@ from router.events import (
     BotEvent,
     BotHandover,
     BotReply,
+    CloseSession,
     ConversationEvent,
     CustomerEvent,
     DeliveryOutcome,
+    HandoverDeadline,
     Release,
     Replay,
     RetryDue,
+    SessionIdle,
 )
-from router.lanes import Lane, LaneDecision
+from router.lanes import Lane, LaneDecision, Save
 from router.model import Delivery, Destination
 
 Mode = Literal["flow", "bot", "bot_ccsp"]
@@ -60,6 +63,12 @@ class Conversation:
     ccsp_conversation_id: str | None = None
     transcript: tuple[dict[str, Any], ...] = field(default=(), hash=False)
     closed_at: float | None = None
+    # The agent session in progress: its Handover until the CCSP answers it, when it was
+    # last used by either side, and the customer messages it was sent.
+    handover_delivery_id: int | None = None
+    handover_deadline_at: float | None = None
+    session_used_at: float | None = None
+    session_messages: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -69,11 +78,21 @@ class Conversation:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["transcript"] = list(self.transcript)
+        data["session_messages"] = list(self.session_messages)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Conversation:
-        return cls(**{**data, "transcript": tuple(data.get("transcript", ()))})
+        return cls(
+            **{
+                **data,
+                "transcript": tuple(data.get("transcript", ())),
+                "session_messages": tuple(data.get("session_messages", ())),
+            }
+        )
+
+
+SessionStatus = Literal["open", "closed", "abandoned"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +100,7 @@ class CcspSession:
     ccsp_conversation_id: str
     ccsp: str
     conversation_id: str
-    status: Literal["open", "closed"]
+    status: SessionStatus
     at: float
 
 
@@ -91,6 +110,17 @@ class Context:
     delays: tuple[float, ...]
     next_delivery_id: Callable[[], int]
     new_id: Callable[[], str]
+    handover_deadline: float = 60.0
+    session_idle_timeout: float = 86_400.0
+    max_parked_age: float = 86_400.0
+
+
+@dataclass(frozen=True)
+class WakeAt:
+    """Hand this event back to the conversation at `at`, whether its actor runs then or not."""
+
+    at: float
+    event: ConversationEvent
 
 
 @dataclass
@@ -102,8 +132,10 @@ class Step:
     sessions: list[CcspSession] = field(default_factory=list)
     inbox_done: int | None = None
     rejected: str | None = None  # why an accepted event was not acted on
+    wake: list[WakeAt] = field(default_factory=list)
+    outbound: list[tuple[str, str]] = field(default_factory=list)  # (asset, Messageid)
 
-    def deliver(self, ctx: Context, dest: Destination, body: dict[str, Any]) -> None:
+    def deliver(self, ctx: Context, dest: Destination, body: dict[str, Any]) -> Delivery:
         delivery = Delivery(
             delivery_id=ctx.next_delivery_id(),
             conversation_id=self.conversation.conversation_id,
@@ -112,7 +144,8 @@ class Step:
             created_at=ctx.now,
         )
         lane = self.lanes.get(dest.key, Lane(dest))
-        self.apply(lane_ops.enqueue(lane, delivery))
+        self.apply(lane_ops.enqueue(lane, delivery, ctx.now))
+        return delivery
 
     def apply(self, result: lane_ops.Result) -> None:
         lane, decisions = result
@@ -146,7 +179,9 @@ def handle(
             step.rejected = _bot_may_not_speak(conversation)
             if step.rejected is None:
                 step.remember("bot", event.fields, ctx.now)
-                _to_customer(step, event.fields, ctx)
+                _to_customer(step, event.fields, ctx, event.message_id, event.custom)
+            else:
+                _reply_refused(step, event, ctx)
         case BotHandover():
             step.inbox_done = event.inbox_id
             step.rejected = _bot_may_not_speak(conversation)
@@ -175,16 +210,27 @@ def handle(
             if conversation.ccsp_conversation_id != event.ccsp_conversation_id:
                 step.rejected = "the agent session is closed"
             else:
-                step.update(route="bot", ccsp_conversation_id=None)
-                assert conversation.ccsp is not None
-                step.sessions.append(
-                    CcspSession(
-                        event.ccsp_conversation_id,
-                        conversation.ccsp,
-                        conversation.conversation_id,
-                        "closed",
-                        ctx.now,
-                    )
+                _end_session(step, "agent", ctx)
+        case CloseSession():
+            step.inbox_done = event.inbox_id
+            if conversation.ccsp_conversation_id is None:
+                step.rejected = "no agent session is open"
+            else:
+                _end_session(step, "operator", ctx)
+        case SessionIdle():
+            _idle_check(step, event, ctx)
+        case HandoverDeadline():
+            if (
+                conversation.ccsp_conversation_id == event.ccsp_conversation_id
+                and conversation.handover_deadline_at is not None
+                and ctx.now >= conversation.handover_deadline_at
+            ):
+                last_error = _handover_error(step)
+                _abandon(
+                    step,
+                    last_error
+                    or f"no 2xx answer to the Handover within {ctx.handover_deadline:g}s",
+                    ctx,
                 )
         case DeliveryOutcome():
             lane = step.lanes.get(event.dest_key)
@@ -201,6 +247,8 @@ def handle(
                         delays=ctx.delays,
                     )
                 )
+                if event.delivery_id == conversation.handover_delivery_id:
+                    _handover_outcome(step, event, ctx)
         case RetryDue():
             lane = step.lanes.get(event.dest_key)
             if lane is not None:
@@ -208,10 +256,16 @@ def handle(
         case Release():
             lane = step.lanes.get(event.dest_key)
             if lane is not None:
-                step.apply(lane_ops.release(lane))
+                step.apply(lane_ops.release(lane, now=ctx.now, max_age=ctx.max_parked_age))
         case Replay() if not _owed(step.lanes, event.delivery.delivery_id):
             revived = replace(
-                event.delivery, status="pending", attempts=0, next_attempt_at=None, last_error=None
+                event.delivery,
+                status="pending",
+                attempts=0,
+                next_attempt_at=None,
+                last_error=None,
+                reason=None,
+                parked_at=None,
             )
             lane = step.lanes.get(revived.dest.key, Lane(revived.dest))
             step.apply(lane_ops.enqueue(lane, revived))
@@ -232,9 +286,9 @@ def _owed(lanes: dict[str, Lane], delivery_id: int) -> bool:
 
 
 def _customer(step: Step, event: CustomerEvent, ctx: Context) -> None:
-    conv = step.conversation
     if event.event == "Incoming message":
         step.remember("customer", event.fields, ctx.now)
+    conv = step.conversation
     if conv.mode == "flow":
         assert conv.flow is not None
         data = {"Messageid": event.message_id, **event.fields}
@@ -258,6 +312,10 @@ def _customer(step: Step, event: CustomerEvent, ctx: Context) -> None:
     )
     if with_agent:
         assert conv.ccsp is not None and conv.ccsp_conversation_id is not None
+        sent = conv.session_messages
+        if event.event != "Message Delivery":
+            sent = (*sent, event.message_id)
+        step.update(session_used_at=ctx.now, session_messages=sent)
         step.deliver(
             ctx,
             Destination("ccsp", conv.ccsp),
@@ -287,17 +345,152 @@ def _handover(step: Step, event: BotHandover, ctx: Context) -> None:
             custom=event.custom,
             now=ctx.now,
         )
-        step.update(route="ccsp", ccsp_conversation_id=ccsp_id)
         step.sessions.append(CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "open", ctx.now))
-        step.deliver(ctx, Destination("ccsp", conv.ccsp), body)
+        sent = step.deliver(ctx, Destination("ccsp", conv.ccsp), body)
+        deadline = ctx.now + ctx.handover_deadline
+        step.update(
+            route="ccsp",
+            ccsp_conversation_id=ccsp_id,
+            handover_delivery_id=sent.delivery_id,
+            handover_deadline_at=deadline,
+            session_used_at=ctx.now,
+            session_messages=(),
+        )
+        step.wake.append(WakeAt(deadline, HandoverDeadline(ccsp_id)))
+        step.wake.append(WakeAt(ctx.now + ctx.session_idle_timeout, SessionIdle(ccsp_id)))
     for flow in event.flows:
         _to_flow(step, flow, "Handover", event.custom, ctx)
+
+
+def _handover_outcome(step: Step, event: DeliveryOutcome, ctx: Context) -> None:
+    """The CCSP answered the Handover (the session stands), or it became a dead letter."""
+    if event.ok:
+        step.update(handover_delivery_id=None, handover_deadline_at=None)
+        return
+    for decision in step.decisions:
+        if (
+            isinstance(decision, Save)
+            and decision.delivery.delivery_id == event.delivery_id
+            and decision.delivery.status == "dead"
+        ):
+            _abandon(step, decision.delivery.last_error or "the Handover was not delivered", ctx)
+            return
+
+
+def _handover_error(step: Step) -> str | None:
+    conv = step.conversation
+    if conv.ccsp is None:
+        return None
+    lane = step.lanes.get(Destination("ccsp", conv.ccsp).key)
+    for d in lane.queue if lane is not None else ():
+        if d.delivery_id == conv.handover_delivery_id:
+            return d.last_error
+    return None
+
+
+def _abandon(step: Step, reason: str, ctx: Context) -> None:
+    """The CCSP never took the session: it goes back to the bot, with what the agent owed."""
+    conv = step.conversation
+    assert conv.ccsp is not None and conv.ccsp_conversation_id is not None
+    ccsp_id = conv.ccsp_conversation_id
+    dest = Destination("ccsp", conv.ccsp)
+    lane = step.lanes.get(dest.key)
+    if lane is not None:
+        step.apply(
+            lane_ops.withdraw(
+                lane, lambda d: d.body.get("Conversationid") == ccsp_id, "session_abandoned"
+            )
+        )
+    step.sessions.append(
+        CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "abandoned", ctx.now)
+    )
+    if conv.bot is not None:
+        step.deliver(
+            ctx,
+            Destination("bot", conv.bot),
+            payloads.handover_failed(
+                conversation_id=conv.conversation_id,
+                ccsp_conversation_id=ccsp_id,
+                reason=reason,
+                unanswered=list(conv.session_messages),
+                channel=conv.channel,
+                now=ctx.now,
+            ),
+        )
+    _back_to_bot(step)
+
+
+def _end_session(step: Step, reason: str, ctx: Context) -> None:
+    """An agent session ends: the CCSP is told unless its agent ended it, and the bot is
+    told before anything the customer says next."""
+    conv = step.conversation
+    assert conv.ccsp is not None and conv.ccsp_conversation_id is not None
+    ccsp_id = conv.ccsp_conversation_id
+    if reason != "agent":
+        step.deliver(ctx, Destination("ccsp", conv.ccsp), payloads.ccsp_close(ccsp_id))
+    step.sessions.append(CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "closed", ctx.now))
+    if conv.bot is not None:
+        step.deliver(
+            ctx,
+            Destination("bot", conv.bot),
+            payloads.session_closed(
+                conversation_id=conv.conversation_id,
+                ccsp_conversation_id=ccsp_id,
+                reason=reason,
+                channel=conv.channel,
+                now=ctx.now,
+            ),
+        )
+    _back_to_bot(step)
+
+
+def _back_to_bot(step: Step) -> None:
+    step.update(
+        route="bot",
+        ccsp_conversation_id=None,
+        handover_delivery_id=None,
+        handover_deadline_at=None,
+        session_used_at=None,
+        session_messages=(),
+    )
+
+
+def _idle_check(step: Step, event: SessionIdle, ctx: Context) -> None:
+    conv = step.conversation
+    if conv.ccsp_conversation_id != event.ccsp_conversation_id:
+        return  # that session already ended
+    due = (conv.session_used_at or ctx.now) + ctx.session_idle_timeout
+    if ctx.now >= due:
+        _end_session(step, "timeout", ctx)
+    else:
+        step.wake.append(WakeAt(due, event))
+
+
+def _reply_refused(step: Step, event: BotReply, ctx: Context) -> None:
+    """A reply the bot was told was accepted, refused when processed: the bot hears why."""
+    conv = step.conversation
+    if conv.bot is None:
+        return
+    with_agent = conv.route == "ccsp"
+    step.deliver(
+        ctx,
+        Destination("bot", conv.bot),
+        payloads.reply_failed(
+            conversation_id=conv.conversation_id,
+            conversation_type="CCSP" if with_agent else "BOT",
+            message_id=event.message_id,
+            description="conversation_with_agent" if with_agent else "conversation_closed",
+            channel=conv.channel,
+            now=ctx.now,
+        ),
+    )
 
 
 def _agent_message(step: Step, event: AgentMessage, ctx: Context) -> None:
     conv = step.conversation
     step.remember("agent", event.fields, ctx.now)
-    _to_customer(step, event.fields, ctx)
+    step.update(session_used_at=ctx.now)
+    _to_customer(step, event.fields, ctx, ctx.new_id())
     if conv.bot is not None:
         step.deliver(
             ctx,
@@ -311,8 +504,15 @@ def _agent_message(step: Step, event: AgentMessage, ctx: Context) -> None:
         )
 
 
-def _to_customer(step: Step, fields: dict[str, Any], ctx: Context) -> None:
+def _to_customer(
+    step: Step,
+    fields: dict[str, Any],
+    ctx: Context,
+    message_id: str,
+    custom: dict[str, Any] | None = None,
+) -> None:
     conv = step.conversation
+    step.outbound.append((conv.asset, message_id))
     step.deliver(
         ctx,
         Destination("channel", conv.asset),
@@ -320,8 +520,9 @@ def _to_customer(step: Step, fields: dict[str, Any], ctx: Context) -> None:
             fields,
             user=conv.user,
             channel=conv.channel,
-            message_id=ctx.new_id(),
+            message_id=message_id,
             now=ctx.now,
+            custom=custom,
         ),
     )
 

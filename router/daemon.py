@@ -19,13 +19,15 @@ from aiohttp import web
 from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.endpoint import EndpointActor
-from actors.messages import Reconfigure, Restore
+from actors.messages import Reconfigure, Restore, ToConversation
 from router.admin_api import admin_routes
 from router.clock import Clock, SystemClock
 from router.config import Config, check_references
 from router.debug_api import debug_app
 from router.edge import IoEdge
+from router.effects import TellAt
 from router.endpoint_state import EndpointState
+from router.events import ConversationEvent, HandoverDeadline, SessionIdle
 from router.ids import Sequence, new_id, new_token
 from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
 from router.intake import Intake
@@ -37,6 +39,7 @@ from router.records import (
     get_conversation,
     live_deliveries,
     max_delivery_id,
+    open_sessions,
     pending_inbox,
     webhook_token,
 )
@@ -159,6 +162,9 @@ class Router:
                 delays=self.config.delivery.retry_delays_s,
                 next_delivery_id=sequence,
                 new_id=new_id,
+                handover_deadline=self.config.delivery.handover_deadline_s,
+                session_idle_timeouts={c.id: c.session_idle_timeout_s for c in self.config.ccsps},
+                max_parked_age=self.config.delivery.max_parked_age_s,
             )
 
         self.core = CoreActor.start(
@@ -223,6 +229,7 @@ class Router:
                 self.log.error("orphan_deliveries", conversation_id=conversation_id)
                 continue
             self.core.tell(Restore(conversation, tuple(items)))
+        self.arm_session_timers()
         rows = self.store.read_now(pending_inbox)
         for row in rows:
             await self.replay_inbox(
@@ -230,6 +237,25 @@ class Router:
             )
         if grouped or rows:
             self.log.info("router_restored", conversations=len(grouped), inbox=len(rows))
+
+    def arm_session_timers(self) -> None:
+        """Timers live on the loop, so a start re-arms the deadline and idle check of every
+        agent session still open; one that fell due while the daemon was down fires at once."""
+        idle = {c.id: c.session_idle_timeout_s for c in self.config.ccsps}
+        for conversation in self.store.read_now(open_sessions):
+            ccsp_id = conversation.ccsp_conversation_id
+            if ccsp_id is None:
+                continue
+            cid = conversation.conversation_id
+            timers: list[tuple[float, ConversationEvent]] = []
+            if conversation.handover_deadline_at is not None:
+                timers.append((conversation.handover_deadline_at, HandoverDeadline(ccsp_id)))
+            used = conversation.session_used_at or conversation.created_at
+            timers.append(
+                (used + idle.get(conversation.ccsp or "", 86_400.0), SessionIdle(ccsp_id))
+            )
+            for at, event in timers:
+                self.edge.submit(TellAt(at, self.core, ToConversation(cid, event)))
 
     async def replay_inbox(self, inbox_id: int, source: str, source_id: str, body: Any) -> None:
         assert self.intake is not None
@@ -239,6 +265,10 @@ class Router:
                 if asset is None:
                     raise InputError(404, "unknown_asset", source_id)
                 await self.intake.route_channel(asset, parse_channel(body), inbox_id)
+            elif source == "operator":
+                conversation_id = str(body["Conversationid"])
+                await self.intake.check_close_session(conversation_id)
+                self.intake.route_close_session(conversation_id, inbox_id)
             elif source == "bot":
                 bot_event = parse_bot(body)
                 conversation = await self.intake.check_bot(source_id, bot_event)

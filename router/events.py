@@ -20,6 +20,8 @@ class CustomerEvent:
 class BotReply:
     inbox_id: int
     fields: dict[str, Any] = field(hash=False)
+    message_id: str = ""
+    custom: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,27 @@ class AgentClose:
 
 
 @dataclass(frozen=True)
+class CloseSession:
+    """An operator ends the agent session the conversation is in."""
+
+    inbox_id: int
+
+
+@dataclass(frozen=True)
+class HandoverDeadline:
+    """The time the CCSP had to answer this session's Handover has run out."""
+
+    ccsp_conversation_id: str
+
+
+@dataclass(frozen=True)
+class SessionIdle:
+    """Check whether this agent session has gone unused for the CCSP's idle timeout."""
+
+    ccsp_conversation_id: str
+
+
+@dataclass(frozen=True)
 class DeliveryOutcome:
     """An endpoint's answer: delivered, failed after an attempt, or parked without one."""
 
@@ -91,6 +114,15 @@ class Replay:
 
 
 InboundEvent = (
-    CustomerEvent | BotReply | BotHandover | BotEvent | BotClose | AgentMessage | AgentClose
+    CustomerEvent
+    | BotReply
+    | BotHandover
+    | BotEvent
+    | BotClose
+    | AgentMessage
+    | AgentClose
+    | CloseSession
 )
-ConversationEvent = InboundEvent | DeliveryOutcome | RetryDue | Release | Replay
+ConversationEvent = (
+    InboundEvent | DeliveryOutcome | RetryDue | Release | Replay | HandoverDeadline | SessionIdle
+)

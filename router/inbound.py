@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 
 class InputError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -45,15 +47,26 @@ class Fields:
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
         self.original: dict[str, Any] = body
-        self.by_fold: dict[str, str] = {fold(k): k for k in body}
+        self.by_fold: dict[str, list[str]] = {}
+        for k in body:
+            self.by_fold.setdefault(fold(k), []).append(k)
         self.used: set[str] = set()
 
     def get(self, name: str) -> Any:
-        key = self.by_fold.get(fold(name))
-        if key is None:
+        """A documented field; given twice under spellings that fold alike, neither wins."""
+        keys = self.by_fold.get(fold(name))
+        if keys is None:
             return None
-        self.used.add(key)
-        return self.original[key]
+        if len(keys) > 1:
+            spellings = ", ".join(repr(k) for k in keys)
+            raise bad_request(f"{name} is given more than once ({spellings})", "duplicate_field")
+        self.used.update(keys)
+        return self.original[keys[0]]
+
+    def media(self) -> Any:
+        """`Media` as sent; left out or null it is the documented placeholder `""`."""
+        value = self.get("Media")
+        return "" if value is None else value
 
     def text(self, name: str, *, required: bool = True, default: str | None = None) -> str | None:
         value = self.get(name)
@@ -83,7 +96,9 @@ CHANNEL_EVENTS = {
     "fb postback": "FB POSTBACK",
     "message delivery": "Message Delivery",
 }
+DELIVERY_STATUSES = {s.lower(): s for s in ("Sent", "Delivered", "Failed", "Read")}
 BOT_EVENTS = {
+    "handover": "Handover",
     "milestone reached": "Milestone Reached",
     "notify": "Notify",
     "unhandled message": "Unhandled Message",
@@ -101,10 +116,12 @@ class ChannelInput:
 
     @property
     def dedupe_key(self) -> str:
+        """A JSON array, so no Messageid can fake another event's key with a separator."""
+        parts = [self.event, self.message_id]
         if self.event == "Message Delivery":
             # One outbound message gets several reports (sent, delivered, read).
-            return f"{self.event}|{self.message_id}|{self.fields.get('DeliveryStatus')}"
-        return f"{self.event}|{self.message_id}"
+            parts.append(self.fields["DeliveryStatus"])
+        return orjson.dumps(parts).decode()
 
 
 def parse_channel(body: Any) -> ChannelInput:
@@ -116,8 +133,8 @@ def parse_channel(body: Any) -> ChannelInput:
     message_id = f.req("Messageid")
     fields: dict[str, Any]
     if name == "Incoming message":
-        media = f.get("Media")
-        message = f.text("Message", required=media is None, default="")
+        media = f.media()
+        message = f.text("Message", required=media == "", default="")
         fields = {
             "Message": message,
             "MessageType": f.text("MessageType", required=False, default="text"),
@@ -126,8 +143,14 @@ def parse_channel(body: Any) -> ChannelInput:
     elif name == "FB POSTBACK":
         fields = {"PostbackPayload": f.req("PostbackPayload")}
     else:
+        status = DELIVERY_STATUSES.get(f.req("DeliveryStatus").strip().lower())
+        if status is None:
+            raise bad_request(
+                f"DeliveryStatus must be one of: {', '.join(DELIVERY_STATUSES.values())}",
+                "invalid_delivery_status",
+            )
         fields = {
-            "DeliveryStatus": f.req("DeliveryStatus"),
+            "DeliveryStatus": status,
             "Description": f.text("Description", required=False, default=""),
         }
     return ChannelInput(event=name, user=user, message_id=message_id, fields=fields)
@@ -143,6 +166,7 @@ class BotInput:
     conversation_id: str
     fields: dict[str, Any] = field(hash=False)
     extra: dict[str, Any] = field(hash=False)
+    message_id: str | None = None  # a reply's own Messageid, when the bot sent one
 
     @property
     def trigger(self) -> str:
@@ -157,27 +181,37 @@ def parse_bot(body: Any) -> BotInput:
     if eventid is not None:
         if eventid.strip() == "1001":
             conversation_id = f.req("conversation_id")
-            media = f.get("Media")
+            media = f.media()
             fields = {
-                "Message": f.text("message", required=media is None, default=""),
+                "Message": f.text("message", required=media == "", default=""),
                 "MessageType": f.text("Messagetype", required=False, default="text"),
                 "Media": media,
             }
+            message_id = f.text("Messageid", required=False)
+            if message_id is not None and not message_id.strip():
+                raise bad_request("Messageid must not be empty")
             f.get("Timestamp")
-            return BotInput("reply", "1001", conversation_id, fields, f.extra())
+            return BotInput("reply", "1001", conversation_id, fields, f.extra(), message_id)
         if eventid.strip() == "1002":
-            conversation_id = f.req("conversation_id")
-            f.get("Timestamp")
-            return BotInput("handover", "1002", conversation_id, {}, f.extra())
+            return _handover(f, "1002")
         raise bad_request("eventid must be 1001 (reply) or 1002 (handover)")
     if event is None:
         raise bad_request("eventid or Event is required")
     name = BOT_EVENTS.get(event.strip().lower())
     if name is None:
         raise bad_request(f"Event must be one of: {', '.join(BOT_EVENTS.values())}")
+    if name == "Handover":
+        return _handover(f, name)
     conversation_id = f.req("conversation_id")
     kind: BotKind = "close" if name == "Close" else "event"
     return BotInput(kind, name, conversation_id, {}, f.extra())
+
+
+def _handover(f: Fields, event: str) -> BotInput:
+    """`eventid: 1002` or `Event: Handover`: the platform allows either, with the same effect."""
+    conversation_id = f.req("conversation_id")
+    f.get("Timestamp")
+    return BotInput("handover", event, conversation_id, {}, f.extra())
 
 
 @dataclass(frozen=True)
@@ -192,9 +226,9 @@ def parse_ccsp(body: Any) -> CcspInput:
     event = f.req("Event").strip().lower()
     if event == "agent message":
         ccsp_id = f.req("Conversationid")
-        media = f.get("Media")
+        media = f.media()
         fields = {
-            "Message": f.text("Message", required=media is None, default=""),
+            "Message": f.text("Message", required=media == "", default=""),
             "MessageType": f.text("MessageType", required=False, default="text"),
             "Media": media,
         }

@@ -21,6 +21,7 @@ from router.events import (
     BotEvent,
     BotHandover,
     BotReply,
+    CloseSession,
     CustomerEvent,
     InboundEvent,
 )
@@ -29,6 +30,7 @@ from router.records import (
     InboxDone,
     apply_writes,
     get_conversation,
+    outbound_conversation,
     session_with_conversation,
 )
 from router.rules import flows_for_bot_event, route_channel_event
@@ -63,6 +65,15 @@ class Intake:
             await self.finish(inbox_id, "unrouted")
             return False
         customer = CustomerEvent(inbox_id, event.event, event.message_id, event.fields)
+        if event.event == "Message Delivery":
+            # A report belongs to the conversation that sent the message, even a closed one:
+            # it must not open a new conversation.
+            sender = await self.store.read(
+                lambda conn: outbound_conversation(conn, asset.id, event.message_id)
+            )
+            if sender is not None and sender.user == event.user:
+                self.core.tell(ToConversation(sender.conversation_id, customer))
+                return True
         self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer))
         return True
 
@@ -82,6 +93,18 @@ class Intake:
                 "an agent holds the conversation; the bot only receives copies until the "
                 "agent closes it",
             )
+        if (
+            event.kind == "handover"
+            and conversation.ccsp is None
+            and not flows_for_bot_event(
+                self.config, conversation.service, integration_id, "handover"
+            )
+        ):
+            raise conflict(
+                "no_ccsp",
+                "the conversation's rule names no contact center and no handover rule "
+                "takes the event",
+            )
         return conversation
 
     def route_bot(
@@ -89,7 +112,10 @@ class Intake:
     ) -> None:
         routed: InboundEvent
         if event.kind == "reply":
-            routed = BotReply(inbox_id, event.fields)
+            # Intake stores every reply with its Messageid; the inbox id stands in for one
+            # stored without it, and is just as stable across restarts.
+            message_id = event.message_id or f"inbox-{inbox_id}"
+            routed = BotReply(inbox_id, event.fields, message_id, event.extra)
         elif event.kind == "handover":
             flows = flows_for_bot_event(
                 self.config, conversation.service, integration_id, "handover"
@@ -112,9 +138,25 @@ class Intake:
             raise unknown_conversation(event.ccsp_conversation_id)
         if session["ccsp"] != ccsp_id:
             raise conflict("not_owner", "the conversation belongs to another CCSP")
+        if session["status"] == "abandoned":
+            raise conflict(
+                "session_abandoned",
+                "the Handover for this session was never answered; the bot has the conversation",
+            )
         if session["status"] != "open":
             raise conflict("conversation_closed", "the agent session is closed")
         return conversation
+
+    async def check_close_session(self, conversation_id: str) -> Conversation:
+        conversation = await self.store.read(lambda conn: get_conversation(conn, conversation_id))
+        if conversation is None:
+            raise unknown_conversation(conversation_id)
+        if conversation.ccsp_conversation_id is None:
+            raise conflict("no_agent_session", "no agent session is open in this conversation")
+        return conversation
+
+    def route_close_session(self, conversation_id: str, inbox_id: int) -> None:
+        self.core.tell(ToConversation(conversation_id, CloseSession(inbox_id)))
 
     def route_ccsp(self, event: CcspInput, conversation: Conversation, inbox_id: int) -> None:
         routed: InboundEvent

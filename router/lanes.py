@@ -7,6 +7,7 @@ Pure: every function takes a lane and returns the new lane with the decisions to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -77,9 +78,10 @@ def restore(dest: Destination, deliveries: list[Delivery]) -> Result:
     return replace(lane, phase="in_flight"), [Send(head)]
 
 
-def enqueue(lane: Lane, delivery: Delivery) -> Result:
+def enqueue(lane: Lane, delivery: Delivery, now: float | None = None) -> Result:
     if lane.phase == "parked":
-        delivery = replace(delivery, status="parked")
+        parked_at = delivery.created_at if now is None else now
+        delivery = replace(delivery, status="parked", parked_at=parked_at)
         return replace(lane, queue=(*lane.queue, delivery)), [Save(delivery)]
     lane = replace(lane, queue=(*lane.queue, delivery))
     decisions: list[LaneDecision] = [Save(delivery)]
@@ -108,10 +110,13 @@ def on_outcome(
         return _advance(replace(lane, queue=lane.queue[1:]), [Remove(delivery_id)])
     if attempted:
         head = replace(head, attempts=head.attempts + 1, last_error=error)
+    if head.status == "dead":
+        # Withdrawn while its attempt was out: already a dead letter, never retried.
+        return _advance(replace(lane, queue=lane.queue[1:]), [Save(head)])
     if inactive:
-        return _park(replace(lane, queue=(head, *lane.queue[1:])))
+        return _park(replace(lane, queue=(head, *lane.queue[1:])), now)
     if head.attempts > len(delays):
-        dead = replace(head, status="dead", next_attempt_at=None)
+        dead = replace(head, status="dead", next_attempt_at=None, reason="retries_exhausted")
         return _advance(replace(lane, queue=lane.queue[1:]), [Save(dead)])
     at = now + delays[head.attempts - 1]
     head = replace(head, status="retrying", next_attempt_at=at)
@@ -128,22 +133,72 @@ def on_retry_due(lane: Lane, delivery_id: int, at: float | None = None) -> Resul
     return replace(lane, phase="in_flight"), [Send(head)]
 
 
-def release(lane: Lane) -> Result:
-    """The integration is back: every parked delivery gets a fresh schedule, in order."""
+def release(lane: Lane, *, now: float | None = None, max_age: float | None = None) -> Result:
+    """The integration is back: every parked delivery gets a fresh schedule, in order.
+
+    With `max_age`, one parked for longer than that is a dead letter (`expired`) instead of
+    reaching its destination days late. Without it (a restart re-offering what was parked)
+    each keeps the time it was first parked, so it can still expire at the real release.
+    """
     if lane.phase != "parked":
         return lane, []
-    queue = tuple(
-        replace(d, status="pending", attempts=0, next_attempt_at=None) for d in lane.queue
-    )
+    decisions: list[LaneDecision] = []
+    kept: list[Delivery] = []
+    for d in lane.queue:
+        if max_age is None:
+            kept.append(replace(d, status="pending", attempts=0, next_attempt_at=None))
+            continue
+        parked_at = d.parked_at if d.parked_at is not None else d.created_at
+        if now is not None and now - parked_at > max_age:
+            decisions.append(
+                Save(replace(d, status="dead", next_attempt_at=None, reason="expired"))
+            )
+            continue
+        kept.append(replace(d, status="pending", attempts=0, next_attempt_at=None, parked_at=None))
+    queue = tuple(kept)
     lane = replace(lane, queue=queue, phase="in_flight" if queue else "idle")
-    decisions: list[LaneDecision] = [Save(d) for d in queue]
+    decisions.extend(Save(d) for d in queue)
     if queue:
         decisions.append(Send(queue[0]))
     return lane, decisions
 
 
-def _park(lane: Lane) -> Result:
-    queue = tuple(replace(d, status="parked", next_attempt_at=None) for d in lane.queue)
+def withdraw(lane: Lane, match: Callable[[Delivery], bool], reason: str) -> Result:
+    """Take the matching deliveries out of the lane as dead letters, keeping the rest in order.
+
+    A matching head whose attempt is out stays at the head, dead, until its outcome arrives:
+    nothing behind it may overtake an attempt still on the wire.
+    """
+    decisions: list[LaneDecision] = []
+    kept: list[Delivery] = []
+    for index, d in enumerate(lane.queue):
+        if not match(d) or d.status == "dead":
+            kept.append(d)
+            continue
+        dead = replace(d, status="dead", next_attempt_at=None, reason=reason)
+        decisions.append(Save(dead))
+        if index == 0 and lane.phase == "in_flight":
+            kept.append(dead)
+    if not decisions:
+        return lane, []
+    queue = tuple(kept)
+    if lane.phase == "waiting" and (not queue or queue[0].delivery_id != lane.queue[0].delivery_id):
+        return _advance(replace(lane, queue=queue), decisions)
+    if not queue:
+        return replace(lane, queue=(), phase="idle"), decisions
+    return replace(lane, queue=queue), decisions
+
+
+def _park(lane: Lane, now: float) -> Result:
+    queue = tuple(
+        replace(
+            d,
+            status="parked",
+            next_attempt_at=None,
+            parked_at=d.parked_at if d.parked_at is not None else now,
+        )
+        for d in lane.queue
+    )
     return replace(lane, queue=queue, phase="parked"), [Save(d) for d in queue]
 
 

@@ -32,3 +32,5 @@ class Delivery:
     status: DeliveryStatus = "pending"
     next_attempt_at: float | None = None
     last_error: str | None = None
+    reason: str | None = None  # why a dead letter is dead: attempts spent, expired, withdrawn
+    parked_at: float | None = None  # first parked while its integration was out of service

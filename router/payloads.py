@@ -1,10 +1,18 @@
-"""What the router sends: the platform's documented bodies, spelled exactly."""
+"""What the router sends: the platform's documented bodies, spelled exactly.
+
+A documented field the caller left out goes out as `""`, the platform's placeholder, so a
+bot never has to tell a missing key from a null one.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from router.clock import platform_timestamp
+
+
+def _given(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def customer_to_bot(
@@ -24,19 +32,17 @@ def customer_to_bot(
     }
     if event == "Incoming message":
         body |= {
-            "Message": fields["Message"],
-            "MessageType": fields["MessageType"],
+            "Message": _given(fields.get("Message")),
+            "MessageType": _given(fields.get("MessageType")),
             "Messageid": message_id,
-            "Media": fields["Media"],
+            "Media": _given(fields.get("Media")),
         }
     elif event == "FB POSTBACK":
         body |= {"PostbackPayload": fields["PostbackPayload"], "Messageid": message_id}
     else:
-        body |= {
-            "Messageid": message_id,
-            "DeliveryStatus": fields["DeliveryStatus"],
-            "Description": fields["Description"],
-        }
+        body |= {"Messageid": message_id, "DeliveryStatus": fields["DeliveryStatus"]}
+        if fields["DeliveryStatus"] == "Failed":  # "only in case of failures"
+            body["Description"] = _given(fields.get("Description"))
     body |= {"Channel": channel, "Event": event, "Timestamp": platform_timestamp(now)}
     return body
 
@@ -48,9 +54,9 @@ def agent_copy_to_bot(
     return {
         "Conversationid": conversation_id,
         "ConversationType": "CCSP",
-        "Message": fields["Message"],
-        "MessageType": fields["MessageType"],
-        "Media": fields["Media"],
+        "Message": _given(fields.get("Message")),
+        "MessageType": _given(fields.get("MessageType")),
+        "Media": _given(fields.get("Media")),
         "Channel": channel,
         "Event": "Agent message",
         "Timestamp": platform_timestamp(now),
@@ -58,17 +64,90 @@ def agent_copy_to_bot(
 
 
 def to_channel(
-    fields: dict[str, Any], *, user: str, channel: str, message_id: str, now: float
+    fields: dict[str, Any],
+    *,
+    user: str,
+    channel: str,
+    message_id: str,
+    now: float,
+    custom: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A message for the customer; a bot's custom parameters ride along after the documented
+    fields, which they never overwrite."""
+    body: dict[str, Any] = {
         "Userid": user,
-        "Message": fields["Message"],
-        "MessageType": fields["MessageType"],
-        "Media": fields["Media"],
+        "Message": _given(fields.get("Message")),
+        "MessageType": _given(fields.get("MessageType")),
+        "Media": _given(fields.get("Media")),
         "Messageid": message_id,
         "Channel": channel,
         "Timestamp": platform_timestamp(now),
     }
+    for key, value in (custom or {}).items():
+        body.setdefault(key, value)
+    return body
+
+
+def reply_failed(
+    *,
+    conversation_id: str,
+    conversation_type: str,
+    message_id: str,
+    description: str,
+    channel: str,
+    now: float,
+) -> dict[str, Any]:
+    """A bot reply accepted but refused when processed, reported like a channel's failure."""
+    return {
+        "Conversationid": conversation_id,
+        "ConversationType": conversation_type,
+        "Messageid": message_id,
+        "DeliveryStatus": "Failed",
+        "Description": description,
+        "Channel": channel,
+        "Event": "Message Delivery",
+        "Timestamp": platform_timestamp(now),
+    }
+
+
+def handover_failed(
+    *,
+    conversation_id: str,
+    ccsp_conversation_id: str,
+    reason: str,
+    unanswered: list[str],
+    channel: str,
+    now: float,
+) -> dict[str, Any]:
+    return {
+        "Event": "Handover Failed",
+        "Conversationid": conversation_id,
+        "ConversationType": "BOT",
+        "CCSPConversationid": ccsp_conversation_id,
+        "Reason": reason,
+        "Unanswered": unanswered,
+        "Channel": channel,
+        "Timestamp": platform_timestamp(now),
+    }
+
+
+def session_closed(
+    *, conversation_id: str, ccsp_conversation_id: str, reason: str, channel: str, now: float
+) -> dict[str, Any]:
+    return {
+        "Event": "Agent Session Closed",
+        "Conversationid": conversation_id,
+        "ConversationType": "BOT",
+        "CCSPConversationid": ccsp_conversation_id,
+        "Reason": reason,
+        "Channel": channel,
+        "Timestamp": platform_timestamp(now),
+    }
+
+
+def ccsp_close(ccsp_conversation_id: str) -> dict[str, Any]:
+    """The router ends an agent session (idle timeout, operator) the way an agent would."""
+    return {"Event": "Close", "Conversationid": ccsp_conversation_id}
 
 
 def handover(

@@ -6,18 +6,20 @@ it is on disk; routing happens after, by message.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
 from router.http_util import (
+    bearer_matches,
     error_middleware,
     json_response,
     read_json,
-    require_bearer,
     token_matches,
 )
+from router.ids import new_id
 from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
 from router.records import insert_inbox
 
@@ -52,12 +54,19 @@ async def _store(
     )
 
 
+# Unknown ids and wrong tokens get the same answer, so ids cannot be probed for.
+CHANNEL_UNAUTHORIZED = "a valid Authorization: Bearer token is required"
+WEBHOOK_UNAUTHORIZED = "the webhook token does not match"
+_NO_TOKEN = "\x00no such id\x00"  # compared like a real token, so the timing tells nothing
+
+
 async def channel_event(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     asset = router.config.asset(request.match_info["asset_id"])
-    if asset is None:
-        raise InputError(404, "unknown_asset", f"no asset {request.match_info['asset_id']!r}")
-    require_bearer(request, asset.token)
+    if not bearer_matches(request, asset.token if asset is not None else _NO_TOKEN) or (
+        asset is None
+    ):
+        raise InputError(401, "unauthorized", CHANNEL_UNAUTHORIZED)
     body = await read_json(request)
     event = parse_channel(body)
     inbox_id, duplicate = await _store(router, "channel", asset.id, event.dedupe_key, body)
@@ -75,27 +84,34 @@ async def bot_event(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     integration_id = request.match_info["integration_id"]
     integration = router.integrations.items.get(integration_id)
-    if integration is None:
-        raise InputError(404, "unknown_integration", f"no integration {integration_id!r}")
-    if not token_matches(request.match_info["webhook_token"], integration.webhook_token):
-        raise InputError(401, "unauthorized", "the webhook token does not match")
+    expected = integration.webhook_token if integration is not None else _NO_TOKEN
+    if not token_matches(request.match_info["webhook_token"], expected) or integration is None:
+        raise InputError(401, "unauthorized", WEBHOOK_UNAUTHORIZED)
     body = await read_json(request)
     event = parse_bot(body)
     assert router.intake is not None
     conversation = await router.intake.check_bot(integration_id, event)
+    answer: dict[str, object] = dict(ACCEPTED)
+    if event.kind == "reply":
+        if event.message_id is None:
+            # Generated before storing, so a restart routes the reply under the same id.
+            event = replace(event, message_id=new_id())
+            body = {**body, "Messageid": event.message_id}
+        answer["Messageid"] = event.message_id
     inbox_id, _ = await _store(router, "bot", integration_id, None, body)
     router.intake.route_bot(integration_id, event, conversation, inbox_id)
     router.metrics.inbound.labels(source="bot", result="accepted").inc()
-    return json_response(ACCEPTED, status=202)
+    return json_response(answer, status=202)
 
 
 async def ccsp_event(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     ccsp_id = request.match_info["ccsp_id"]
-    if router.config.ccsp(ccsp_id) is None:
-        raise InputError(404, "unknown_ccsp", f"no CCSP {ccsp_id!r}")
-    if not token_matches(request.match_info["webhook_token"], router.ccsp_tokens.get(ccsp_id)):
-        raise InputError(401, "unauthorized", "the webhook token does not match")
+    expected = router.ccsp_tokens.get(ccsp_id, _NO_TOKEN)
+    if not token_matches(request.match_info["webhook_token"], expected) or (
+        router.config.ccsp(ccsp_id) is None
+    ):
+        raise InputError(401, "unauthorized", WEBHOOK_UNAUTHORIZED)
     body = await read_json(request)
     event = parse_ccsp(body)
     assert router.intake is not None

@@ -33,6 +33,15 @@ class SaveSession:
 
 
 @dataclass(frozen=True)
+class SaveOutbound:
+    """A message sent to a customer, so the channel's delivery reports find its conversation."""
+
+    asset: str
+    message_id: str
+    conversation_id: str
+
+
+@dataclass(frozen=True)
 class InboxDone:
     inbox_id: int
     status: str = "done"
@@ -50,6 +59,7 @@ Write = (
     | SaveDelivery
     | RemoveDelivery
     | SaveSession
+    | SaveOutbound
     | InboxDone
     | SaveIntegrationState
 )
@@ -75,7 +85,9 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                 )
             case SaveDelivery(delivery=d):
                 conn.execute(
-                    "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO deliveries (delivery_id, conversation_id, dest_kind, "
+                    "dest_id, body, created_at, attempts, status, next_attempt_at, last_error, "
+                    "reason, parked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         d.delivery_id,
                         d.conversation_id,
@@ -87,6 +99,8 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                         d.status,
                         d.next_attempt_at,
                         d.last_error,
+                        d.reason,
+                        d.parked_at,
                     ),
                 )
             case RemoveDelivery(delivery_id=delivery_id):
@@ -95,6 +109,10 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                 conn.execute(
                     "INSERT OR REPLACE INTO ccsp_sessions VALUES (?, ?, ?, ?, ?)",
                     (s.ccsp_conversation_id, s.ccsp, s.conversation_id, s.status, s.at),
+                )
+            case SaveOutbound(asset=asset, message_id=message_id, conversation_id=cid):
+                conn.execute(
+                    "INSERT OR REPLACE INTO outbound VALUES (?, ?, ?)", (asset, message_id, cid)
                 )
             case InboxDone(inbox_id=inbox_id, status=status):
                 conn.execute(
@@ -178,6 +196,27 @@ def session_with_conversation(
     return session, get_conversation(conn, session["conversation_id"])
 
 
+def outbound_conversation(
+    conn: sqlite3.Connection, asset: str, message_id: str
+) -> Conversation | None:
+    """The conversation that sent `message_id` to a customer on `asset`, open or closed."""
+    row = conn.execute(
+        "SELECT c.state FROM outbound o JOIN conversations c USING (conversation_id) "
+        "WHERE o.asset = ? AND o.message_id = ?",
+        (asset, message_id),
+    ).fetchone()
+    return conversation_from_row(row)
+
+
+def open_sessions(conn: sqlite3.Connection) -> list[Conversation]:
+    """Conversations an agent holds: their deadline and idle timers are re-armed at start."""
+    rows = conn.execute(
+        "SELECT c.state FROM ccsp_sessions s JOIN conversations c USING (conversation_id) "
+        "WHERE s.status = 'open'"
+    ).fetchall()
+    return [c for c in map(conversation_from_row, rows) if c is not None]
+
+
 def delivery_from_row(row: sqlite3.Row) -> Delivery:
     return Delivery(
         delivery_id=row["delivery_id"],
@@ -189,6 +228,8 @@ def delivery_from_row(row: sqlite3.Row) -> Delivery:
         status=row["status"],
         next_attempt_at=row["next_attempt_at"],
         last_error=row["last_error"],
+        reason=row["reason"],
+        parked_at=row["parked_at"],
     )
 
 

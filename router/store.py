@@ -62,7 +62,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL,
     status TEXT NOT NULL,
     next_attempt_at REAL,
-    last_error TEXT
+    last_error TEXT,
+    reason TEXT,
+    parked_at REAL
 );
 CREATE INDEX IF NOT EXISTS deliveries_conversation ON deliveries (conversation_id, delivery_id);
 CREATE INDEX IF NOT EXISTS deliveries_dest ON deliveries (dest_kind, dest_id, status);
@@ -77,6 +79,12 @@ CREATE TABLE IF NOT EXISTS integrations (
     origin TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbound (
+    asset TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    PRIMARY KEY (asset, message_id)
+);
 CREATE TABLE IF NOT EXISTS webhook_tokens (
     kind TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -84,6 +92,21 @@ CREATE TABLE IF NOT EXISTS webhook_tokens (
     PRIMARY KEY (kind, id)
 );
 """
+
+# Columns added after a table was first created: (table, column, declaration).
+ADDED_COLUMNS = (
+    ("deliveries", "reason", "TEXT"),
+    ("deliveries", "parked_at", "REAL"),
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version up to the current schema."""
+    conn.executescript(SCHEMA)
+    for table, column, declaration in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -109,7 +132,7 @@ class Store:
         """Create the file and schema; sqlite3/OS errors go to the caller, who names the path."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
-        conn.executescript(SCHEMA)
+        migrate(conn)
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="store-write", daemon=True
         )

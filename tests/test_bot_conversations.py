@@ -93,17 +93,17 @@ async def test_postback_and_delivery_events_reach_the_bot(daemon: Daemon, peers:
         "Timestamp",
     ]
     assert (postback["Event"], postback["PostbackPayload"]) == ("FB POSTBACK", "BUY")
+    # Description only "in case of failures"; the status goes on in its documented spelling.
     assert list(delivery) == [
         "Conversationid",
         "ConversationType",
         "Messageid",
         "DeliveryStatus",
-        "Description",
         "Channel",
         "Event",
         "Timestamp",
     ]
-    assert (delivery["Event"], delivery["DeliveryStatus"]) == ("Message Delivery", "delivered")
+    assert (delivery["Event"], delivery["DeliveryStatus"]) == ("Message Delivery", "Delivered")
     assert postback["Conversationid"] == delivery["Conversationid"]
     assert TIMESTAMP.match(delivery["Timestamp"])
 
@@ -123,7 +123,7 @@ async def test_bot_reply_reaches_the_customer_exactly_as_documented(
             "orderRef": "A-1",
         }
     )
-    assert (status, body) == (202, {"accepted": True})
+    assert (status, body) == (202, {"accepted": True, "Messageid": body["Messageid"]})
     [out] = await peers.channel.wait_for(1)
     assert list(out) == [
         "Userid",
@@ -133,11 +133,14 @@ async def test_bot_reply_reaches_the_customer_exactly_as_documented(
         "Messageid",
         "Channel",
         "Timestamp",
+        "orderRef",
     ]
     assert out["Userid"] == "u1"
     assert out["Message"] == "Hi! How can I help?"
     assert out["Channel"] == "FB"
-    assert out["Messageid"]
+    assert out["Media"] == ""
+    assert out["Messageid"] == body["Messageid"]
+    assert out["orderRef"] == "A-1"
     assert TIMESTAMP.match(out["Timestamp"])
     assert peers.channel.received[0].headers["Authorization"] == f"Bearer {ASSET_TOKEN}"
 

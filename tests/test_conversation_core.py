@@ -126,7 +126,7 @@ def test_customer_message_in_bot_mode_goes_to_bot() -> None:
         "Message": "hello",
         "MessageType": "text",
         "Messageid": "m1",
-        "Media": None,
+        "Media": "",
         "Channel": "FB",
         "Event": "Incoming message",
         "Timestamp": STAMP,
@@ -172,21 +172,24 @@ def test_fb_postback_shape() -> None:
 
 def test_message_delivery_shape() -> None:
     event = CustomerEvent(
-        4, "Message Delivery", "out-1", {"DeliveryStatus": "read", "Description": ""}
+        4, "Message Delivery", "out-1", {"DeliveryStatus": "Read", "Description": "x"}
     )
     step = handle(conversation("bot"), {}, event, make_ctx())
     [sent] = sends(step)
+    # Description goes to the bot only with a failure.
     assert sent.body == {
         "Conversationid": "conv-1",
         "ConversationType": "BOT",
         "Messageid": "out-1",
-        "DeliveryStatus": "read",
-        "Description": "",
+        "DeliveryStatus": "Read",
         "Channel": "FB",
         "Event": "Message Delivery",
         "Timestamp": STAMP,
     }
     assert step.conversation.transcript == ()
+    failed = CustomerEvent(5, "Message Delivery", "out-1", {"DeliveryStatus": "Failed"})
+    [sent] = sends(handle(conversation("bot"), {}, failed, make_ctx()))
+    assert (sent.body["DeliveryStatus"], sent.body["Description"]) == ("Failed", "")
 
 
 def test_second_message_waits_behind_the_first() -> None:
@@ -200,18 +203,21 @@ def test_second_message_waits_behind_the_first() -> None:
 
 def test_bot_reply_goes_to_channel() -> None:
     ctx = make_ctx()
-    step = handle(conversation("bot"), {}, BotReply(5, agent_fields("Hi there")), ctx)
+    reply = BotReply(5, agent_fields("Hi there"), "r-1", {"customparam1": "a"})
+    step = handle(conversation("bot"), {}, reply, ctx)
     [sent] = sends(step)
     assert sent.dest == CHANNEL
     assert sent.body == {
         "Userid": "user-1",
         "Message": "Hi there",
         "MessageType": "text",
-        "Media": None,
-        "Messageid": "id-1",
+        "Media": "",
+        "Messageid": "r-1",
         "Channel": "FB",
         "Timestamp": STAMP,
+        "customparam1": "a",
     }
+    assert step.outbound == [("fb-page-1", "r-1")]
     assert step.conversation.transcript[-1]["From"] == "bot"
     assert step.inbox_done == 5
 
@@ -320,7 +326,7 @@ def test_agent_message_goes_to_channel_and_copy_to_bot() -> None:
         "ConversationType": "CCSP",
         "Message": "Agent here",
         "MessageType": "text",
-        "Media": None,
+        "Media": "",
         "Channel": "FB",
         "Event": "Agent message",
         "Timestamp": STAMP,

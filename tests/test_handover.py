@@ -147,12 +147,23 @@ async def test_bot_events_invoke_flows_by_rule(daemon: Daemon, peers: Peers) -> 
     assert on_handover["reason"] == "asked"
 
 
-async def test_handover_on_a_bot_only_rule_opens_no_ccsp(daemon: Daemon, peers: Peers) -> None:
+async def test_handover_on_a_bot_only_rule_without_a_handover_rule_is_409(
+    daemon: Daemon, peers: Peers
+) -> None:
     await daemon.customer("hi", "s1", asset="sms-1")
     [first] = await peers.bot.wait_for(1)
-    status, _ = await daemon.bot({"eventid": "1002", "conversation_id": first["Conversationid"]})
-    assert status == 202
+    cid = first["Conversationid"]
+    before = {k: v for k, v in (await daemon.conversation(cid)).items() if k != "deliveries"}
+    for body in (
+        {"eventid": "1002", "conversation_id": cid},
+        {"Event": "Handover", "conversation_id": cid},
+    ):
+        status, answer = await daemon.bot(body)
+        assert (status, answer["error"]) == (409, "no_ccsp")
+    after = await daemon.conversation(cid)
+    assert {k: v for k, v in after.items() if k != "deliveries"} == before
     await daemon.customer("hello?", "s2", asset="sms-1")
     _, second = await peers.bot.wait_for(2)
     assert second["ConversationType"] == "BOT"
     assert peers.ccsp.received == []
+    assert peers.flow.received == []

@@ -210,7 +210,7 @@ def test_inactive_failure_on_last_retry_parks_instead_of_dead() -> None:
 def test_enqueue_onto_parked_lane_saves_as_parked_and_sends_nothing() -> None:
     lane, _ = fail(filled(1), 1, inactive=True)
     lane, decisions = lanes.enqueue(lane, delivery(2))
-    assert decisions == [Save(delivery(2, status="parked"))]
+    assert decisions == [Save(delivery(2, status="parked", parked_at=NOW))]
     assert saved(decisions)[0].status == "parked"
     assert lane.phase == "parked"
     assert [(d.delivery_id, d.status) for d in lane.queue] == [(1, "parked"), (2, "parked")]

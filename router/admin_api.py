@@ -14,7 +14,7 @@ from router.events import Replay
 from router.http_util import json_response, read_json, require_bearer
 from router.inbound import InputError, bad_request, row_id
 from router.public_api import ROUTER
-from router.records import SaveIntegrationState, apply_writes, get_delivery
+from router.records import SaveIntegrationState, apply_writes, get_delivery, insert_inbox
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -31,6 +31,7 @@ def admin_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/admin/integrations/{id}", delete_integration)
     app.router.add_post("/v1/admin/integrations/{id}/verify", verify_integration)
     app.router.add_post("/v1/admin/dead-letters/{id}/replay", replay_dead_letter)
+    app.router.add_post("/v1/admin/conversations/{id}/close-session", close_session)
 
 
 def _admin(request: web.Request) -> Router:
@@ -207,6 +208,12 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
     unknown = InputError(404, "unknown_dead_letter", f"no dead letter {delivery_id}")
     if delivery is None or delivery.status != "dead":
         raise unknown
+    if delivery.reason == "session_abandoned":
+        raise InputError(
+            409,
+            "session_abandoned",
+            "it belongs to an agent session that was abandoned; the bot has the conversation",
+        )
     # Owed again on disk before the answer: a restart now resumes it like any other delivery.
     revived = await router.store.write(
         lambda c: (
@@ -221,3 +228,20 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
         raise unknown  # replayed by someone else meanwhile
     router.core.tell(ToConversation(delivery.conversation_id, Replay(delivery)))
     return json_response({"replayed": delivery_id}, status=202)
+
+
+async def close_session(request: web.Request) -> web.Response:
+    """End the agent session a conversation is in, as its agent would; stored before the 202."""
+    router = _admin(request)
+    conversation_id = request.match_info["id"]
+    assert router.intake is not None
+    conversation = await router.intake.check_close_session(conversation_id)
+    body = {"Event": "Close Session", "Conversationid": conversation_id}
+    now = router.clock.now()
+    inbox_id, _ = await router.store.write(
+        lambda c: insert_inbox(c, "operator", "admin", None, orjson.dumps(body), now)
+    )
+    router.intake.route_close_session(conversation_id, inbox_id)
+    return json_response(
+        {"accepted": True, "CCSPConversationid": conversation.ccsp_conversation_id}, status=202
+    )

@@ -34,7 +34,7 @@ from router.events import (
     RetryDue,
     SessionIdle,
 )
-from router.lanes import Lane, LaneDecision, Save
+from router.lanes import Lane, LaneDecision, Save, Send
 from router.model import Delivery, Destination
 
 Mode = Literal["flow", "bot", "bot_ccsp"]
@@ -146,6 +146,29 @@ class Step:
         lane = self.lanes.get(dest.key, Lane(dest))
         self.apply(lane_ops.enqueue(lane, delivery, ctx.now))
         return delivery
+
+    def withdraw(self, dest: Destination, match: Callable[[Delivery], bool], reason: str) -> None:
+        """Withdraw from one lane; a head this very step was about to send has not left yet,
+        so it is withdrawn like any waiting delivery rather than awaited."""
+        lane = self.lanes.get(dest.key)
+        if lane is None:
+            return
+        head = lane.head
+        unsent = [
+            d
+            for d in self.decisions
+            if isinstance(d, Send)
+            and head is not None
+            and d.delivery.delivery_id == head.delivery_id
+        ]
+        if unsent and lane.phase == "in_flight":
+            self.decisions = [d for d in self.decisions if d not in unsent]
+            lane = replace(lane, phase="waiting")
+        self.apply(lane_ops.withdraw(lane, match, reason))
+        lane = self.lanes[dest.key]
+        if unsent and lane.phase == "waiting" and lane.head == head and head is not None:
+            self.lanes[dest.key] = replace(lane, phase="in_flight")
+            self.decisions.append(Send(head))
 
     def apply(self, result: lane_ops.Result) -> None:
         lane, decisions = result
@@ -367,12 +390,14 @@ def _handover_outcome(step: Step, event: DeliveryOutcome, ctx: Context) -> None:
     if event.ok:
         step.update(handover_delivery_id=None, handover_deadline_at=None)
         return
-    for decision in step.decisions:
+    for index, decision in enumerate(step.decisions):
         if (
             isinstance(decision, Save)
             and decision.delivery.delivery_id == event.delivery_id
             and decision.delivery.status == "dead"
         ):
+            # Dead with its session: replaying it alone would open a session nobody holds.
+            step.decisions[index] = Save(replace(decision.delivery, reason="session_abandoned"))
             _abandon(step, decision.delivery.last_error or "the Handover was not delivered", ctx)
             return
 
@@ -393,14 +418,11 @@ def _abandon(step: Step, reason: str, ctx: Context) -> None:
     conv = step.conversation
     assert conv.ccsp is not None and conv.ccsp_conversation_id is not None
     ccsp_id = conv.ccsp_conversation_id
-    dest = Destination("ccsp", conv.ccsp)
-    lane = step.lanes.get(dest.key)
-    if lane is not None:
-        step.apply(
-            lane_ops.withdraw(
-                lane, lambda d: d.body.get("Conversationid") == ccsp_id, "session_abandoned"
-            )
-        )
+    step.withdraw(
+        Destination("ccsp", conv.ccsp),
+        lambda d: d.body.get("Conversationid") == ccsp_id,
+        "session_abandoned",
+    )
     step.sessions.append(
         CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "abandoned", ctx.now)
     )

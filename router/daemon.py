@@ -267,15 +267,15 @@ class Router:
                 await self.intake.route_channel(asset, parse_channel(body), inbox_id)
             elif source == "operator":
                 conversation_id = str(body["Conversationid"])
-                await self.intake.check_close_session(conversation_id)
+                await self.intake.check_close_session(conversation_id, accepted=True)
                 self.intake.route_close_session(conversation_id, inbox_id)
             elif source == "bot":
                 bot_event = parse_bot(body)
-                conversation = await self.intake.check_bot(source_id, bot_event)
+                conversation = await self.intake.check_bot(source_id, bot_event, accepted=True)
                 self.intake.route_bot(source_id, bot_event, conversation, inbox_id)
             else:
                 ccsp_event = parse_ccsp(body)
-                conversation = await self.intake.check_ccsp(source_id, ccsp_event)
+                conversation = await self.intake.check_ccsp(source_id, ccsp_event, accepted=True)
                 self.intake.route_ccsp(ccsp_event, conversation, inbox_id)
         except InputError as exc:
             self.log.warning("inbox_replay_rejected", inbox_id=inbox_id, error=exc.message)

@@ -58,6 +58,7 @@ def delivery_view(d: Delivery) -> dict[str, Any]:
         "attempt": d.attempts,
         "next_attempt_at": iso_timestamp(d.next_attempt_at),
         "last_error": d.last_error,
+        "reason": d.reason,
         "created_at": iso_timestamp(d.created_at),
         "body": d.body,
     }
@@ -75,6 +76,8 @@ def conversation_view(c: Conversation) -> dict[str, Any]:
         "flow": c.flow,
         "route": c.route,
         "ccsp_conversation_id": c.ccsp_conversation_id,
+        "handover_deadline_at": iso_timestamp(c.handover_deadline_at),
+        "session_used_at": iso_timestamp(c.session_used_at),
         "status": c.status,
         "created_at": iso_timestamp(c.created_at),
         "closed_at": iso_timestamp(c.closed_at),

@@ -77,7 +77,12 @@ class Intake:
         self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer))
         return True
 
-    async def check_bot(self, integration_id: str, event: BotInput) -> Conversation:
+    async def check_bot(
+        self, integration_id: str, event: BotInput, *, accepted: bool = False
+    ) -> Conversation:
+        """The checks that decide the answer. An event `accepted` already (routed again after
+        a restart) only needs its conversation: the conversation applies the same rules when
+        it processes the event, and tells the bot of a refused reply instead of dropping it."""
         conversation = await self.store.read(
             lambda conn: get_conversation(conn, event.conversation_id)
         )
@@ -85,6 +90,8 @@ class Intake:
             raise unknown_conversation(event.conversation_id)
         if conversation.bot != integration_id:
             raise conflict("not_owner", "the conversation belongs to another integration")
+        if accepted:
+            return conversation
         if conversation.status == "closed":
             raise conflict("conversation_closed", "the conversation is closed")
         if event.kind != "event" and conversation.route == "ccsp":
@@ -130,7 +137,9 @@ class Intake:
             routed = BotEvent(inbox_id, event.event, event.extra, flows)
         self.core.tell(ToConversation(conversation.conversation_id, routed))
 
-    async def check_ccsp(self, ccsp_id: str, event: CcspInput) -> Conversation:
+    async def check_ccsp(
+        self, ccsp_id: str, event: CcspInput, *, accepted: bool = False
+    ) -> Conversation:
         session, conversation = await self.store.read(
             lambda conn: session_with_conversation(conn, event.ccsp_conversation_id)
         )
@@ -138,6 +147,8 @@ class Intake:
             raise unknown_conversation(event.ccsp_conversation_id)
         if session["ccsp"] != ccsp_id:
             raise conflict("not_owner", "the conversation belongs to another CCSP")
+        if accepted:
+            return conversation
         if session["status"] == "abandoned":
             raise conflict(
                 "session_abandoned",
@@ -147,11 +158,13 @@ class Intake:
             raise conflict("conversation_closed", "the agent session is closed")
         return conversation
 
-    async def check_close_session(self, conversation_id: str) -> Conversation:
+    async def check_close_session(
+        self, conversation_id: str, *, accepted: bool = False
+    ) -> Conversation:
         conversation = await self.store.read(lambda conn: get_conversation(conn, conversation_id))
         if conversation is None:
             raise unknown_conversation(conversation_id)
-        if conversation.ccsp_conversation_id is None:
+        if not accepted and conversation.ccsp_conversation_id is None:
             raise conflict("no_agent_session", "no agent session is open in this conversation")
         return conversation
 

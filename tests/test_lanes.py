@@ -349,3 +349,50 @@ def test_a_timer_left_from_an_earlier_retry_is_ignored() -> None:
     assert lanes.on_retry_due(lane, 1, at=NOW + 1) == (lane, [])
     lane, decisions = lanes.on_retry_due(lane, 1, at=NOW + DELAYS[0])
     assert decisions == [Send(lane.queue[0])]
+
+
+def test_withdraw_removes_waiting_deliveries_and_sends_the_next_survivor() -> None:
+    lane, _ = fail(filled(1, 2, 3), 1)
+    assert lane.phase == "waiting"
+    lane, decisions = lanes.withdraw(lane, lambda d: d.delivery_id in (1, 2), "session_abandoned")
+    assert [(d.delivery_id, d.status, d.reason) for d in saved(decisions)] == [
+        (1, "dead", "session_abandoned"),
+        (2, "dead", "session_abandoned"),
+    ]
+    assert sent(decisions) == [3]
+    assert (lane.phase, [d.delivery_id for d in lane.queue]) == ("in_flight", [3])
+
+
+def test_withdraw_keeps_an_in_flight_head_until_its_outcome() -> None:
+    lane = filled(1, 2)
+    lane, decisions = lanes.withdraw(lane, lambda d: True, "session_abandoned")
+    assert [d.delivery_id for d in saved(decisions)] == [1, 2]
+    assert sent(decisions) == []
+    assert (lane.phase, [d.delivery_id for d in lane.queue]) == ("in_flight", [1])
+    # Whatever it gets, the withdrawn head is not retried and the lane is free again.
+    lane, decisions = fail(lane, 1)
+    assert [(d.status, d.attempts) for d in saved(decisions)] == [("dead", 1)]
+    assert (lane.phase, lane.queue, sent(decisions)) == ("idle", (), [])
+
+
+def test_withdraw_of_nothing_changes_nothing() -> None:
+    lane = filled(1)
+    assert lanes.withdraw(lane, lambda d: False, "x") == (lane, [])
+
+
+def test_release_expires_what_was_parked_longer_than_the_limit() -> None:
+    lane, _ = fail(filled(1), 1, inactive=True, now=NOW)
+    lane, _ = lanes.enqueue(lane, delivery(2), NOW + 50)
+    lane, decisions = lanes.release(lane, now=NOW + 120, max_age=100)
+    [expired, kept] = saved(decisions)
+    assert (expired.delivery_id, expired.status, expired.reason) == (1, "dead", "expired")
+    assert (kept.delivery_id, kept.status, kept.parked_at) == (2, "pending", None)
+    assert sent(decisions) == [2]
+
+
+def test_a_restart_re_offers_parked_deliveries_keeping_when_they_were_parked() -> None:
+    parked = [delivery(1, status="parked", parked_at=NOW - 500)]
+    lane, decisions = lanes.restore(BOT, parked)
+    assert sent(decisions) == [1]
+    lane, decisions = fail(lane, 1, inactive=True, attempted=False, now=NOW)
+    assert [d.parked_at for d in saved(decisions)] == [NOW - 500]

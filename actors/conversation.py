@@ -27,7 +27,7 @@ from actors.messages import (
     ToConversation,
 )
 from router.clock import Clock
-from router.conversation import Context, Conversation, Step, handle
+from router.conversation import handle
 from router.effects import Edge, Persist, Ref, Tell, TellAt
 from router.events import (
     DeliveryOutcome,
@@ -48,6 +48,8 @@ from router.records import (
     SaveSession,
     Write,
 )
+from router.state import Conversation
+from router.step import Context, Step
 
 
 @dataclass(frozen=True)

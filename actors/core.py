@@ -32,12 +32,12 @@ from actors.messages import (
     ToConversation,
 )
 from router import lanes as lane_ops
-from router.conversation import Conversation, conversation_key
 from router.effects import Edge, Load, Persist
 from router.events import ConversationEvent
 from router.lanes import Lane, LaneDecision
 from router.model import Delivery
 from router.records import InboxDone
+from router.state import Conversation, conversation_key
 
 Routed = RouteChannel | ConversationEvent | Flush
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.conversation import Conversation
 from router.effects import Ref
 from router.events import ConversationEvent, CustomerEvent
 from router.model import Delivery
 from router.rules import ChannelRoute
+from router.state import Conversation
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from router.records import (
 )
 
 if TYPE_CHECKING:
-    from router.conversation import Conversation
     from router.daemon import Router
+    from router.state import Conversation
 
 MAX_PAGE = 500
 

@@ -12,7 +12,6 @@ import structlog
 
 from actors.messages import RouteChannel, ToConversation
 from router.config import AssetConfig, Config
-from router.conversation import Conversation
 from router.effects import Ref
 from router.events import (
     AgentClose,
@@ -34,6 +33,7 @@ from router.records import (
     session_with_conversation,
 )
 from router.rules import flows_for_bot_event, route_channel_event
+from router.state import Conversation
 from router.store import Store
 
 

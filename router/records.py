@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from router.conversation import CcspSession, Conversation
 from router.model import Delivery, Destination
+from router.state import CcspSession, Conversation
 
 
 @dataclass(frozen=True)

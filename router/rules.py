@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router.config import AssetConfig, Config
-from router.conversation import Mode
+from router.state import Mode
 
 _MODES: dict[str, Mode] = {
     "invoke_flow": "flow",

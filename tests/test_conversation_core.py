@@ -7,7 +7,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from router.conversation import Context, Conversation, Mode, Step, handle
+from router.conversation import handle
 from router.events import (
     AgentClose,
     AgentMessage,
@@ -24,6 +24,8 @@ from router.events import (
 )
 from router.lanes import Lane, RetryAt, Save, Send
 from router.model import Delivery, Destination
+from router.state import Conversation, Mode
+from router.step import Context, Step
 
 NOW = 1_700_000_000.25
 STAMP = "2023-11-14 22:13:20.25"

@@ -14,10 +14,10 @@ import pytest
 from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.messages import ConversationClosed, Loaded, RouteChannel, ToConversation
-from router.conversation import Conversation
 from router.effects import Load, Persist, TellAt
 from router.events import BotClose, CustomerEvent, RetryDue
 from router.rules import ChannelRoute
+from router.state import Conversation
 from tests.clock import ManualClock
 
 ROUTE = ChannelRoute(service="support", mode="bot", bot="b", ccsp=None, flow=None)

@@ -1,0 +1,75 @@
+"""A conversation as it is stored: who it is with, where it routes, its agent session."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+Mode = Literal["flow", "bot", "bot_ccsp"]
+TRANSCRIPT_LENGTH = 20
+
+
+def conversation_key(asset: str, user: str, service: str, target: str) -> str:
+    """The identity a conversation ID is stable for: asset, user, service and bot (or flow)."""
+    return orjson.dumps([asset, user, service, target]).decode()
+
+
+@dataclass(frozen=True)
+class Conversation:
+    conversation_id: str
+    asset: str
+    channel: str
+    user: str
+    service: str
+    mode: Mode
+    bot: str | None
+    ccsp: str | None
+    flow: str | None
+    created_at: float
+    status: Literal["open", "closed"] = "open"
+    route: Literal["bot", "ccsp", "flow"] = "bot"
+    ccsp_conversation_id: str | None = None
+    transcript: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    closed_at: float | None = None
+    # The agent session in progress: its Handover until the CCSP answers it, when it was
+    # last used by either side, and the customer messages it was sent.
+    handover_delivery_id: int | None = None
+    handover_deadline_at: float | None = None
+    session_used_at: float | None = None
+    session_messages: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        target = self.bot if self.mode != "flow" else f"flow:{self.flow}"
+        return conversation_key(self.asset, self.user, self.service, target or "")
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["transcript"] = list(self.transcript)
+        data["session_messages"] = list(self.session_messages)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Conversation:
+        return cls(
+            **{
+                **data,
+                "transcript": tuple(data.get("transcript", ())),
+                "session_messages": tuple(data.get("session_messages", ())),
+            }
+        )
+
+
+SessionStatus = Literal["open", "closed", "abandoned"]
+
+
+@dataclass(frozen=True)
+class CcspSession:
+    ccsp_conversation_id: str
+    ccsp: str
+    conversation_id: str
+    status: SessionStatus
+    at: float

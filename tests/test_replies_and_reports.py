@@ -18,9 +18,16 @@ DELAYS = [60, 300, 900, 2340]
 
 
 async def open_bot_conversation(daemon: Daemon, peers: Peers) -> str:
+    """A conversation whose first message is delivered and settled on disk."""
     await daemon.customer("hi", "m1")
     [first] = await peers.bot.wait_for(1)
-    return str(first["Conversationid"])
+    cid = str(first["Conversationid"])
+
+    async def settled() -> bool:
+        return (await daemon.conversation(cid))["deliveries"] == []
+
+    await daemon.until(settled)
+    return cid
 
 
 async def report(

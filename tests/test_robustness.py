@@ -21,6 +21,11 @@ def db(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
 
 
+async def nothing_owed(daemon: Daemon, conversation_id: str) -> bool:
+    """Every delivery of the conversation is settled on disk, so a later fence cannot undo it."""
+    return (await daemon.conversation(conversation_id))["deliveries"] == []
+
+
 async def bot_state(daemon: Daemon) -> dict[str, Any]:
     _, items = await daemon.get_debug("/debug/integrations")
     return dict(next(i for i in items if i["id"] == "support-bot"))
@@ -227,6 +232,7 @@ async def test_after_a_failed_write_later_steps_wait_and_are_redone_in_order(
     daemon = await start_router()
     await daemon.customer("first", "m1")
     [first] = await peers.bot.wait_for(1)
+    await daemon.until(lambda: nothing_owed(daemon, first["Conversationid"]))
     with db(tmp_path / "router.db") as conn:
         conn.execute(
             "CREATE TRIGGER no_sessions BEFORE INSERT ON ccsp_sessions "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import sqlite3
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from router.http_util import json_response, read_json, require_bearer
 from router.inbound import InputError, bad_request, row_id
 from router.public_api import ROUTER
 from router.records import SaveIntegrationState, apply_writes, get_delivery, insert_inbox
+from router.urls import has_credentials, url_problem
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -112,14 +114,36 @@ def _fields(body: Any, *, required: bool) -> dict[str, str]:
             raise bad_request(f"{key} must be a non-empty string")
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise bad_request(f"{key} must not contain control characters")
-        if key == "url" and not value.startswith(("http://", "https://")):
-            raise bad_request("url must be an http:// or https:// URL")
-        if key == "id" and ("/" in value or len(value) > 100):
-            raise bad_request("id must be at most 100 characters without '/'")
+        if key == "url":
+            _check_url(value)
+        if key == "id":
+            _check_id(value)
         fields[key] = value
     if not required and not fields:
         raise bad_request(f"nothing to change; send any of {', '.join(EDITABLE)}")
     return fields
+
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _check_id(value: str) -> None:
+    """An id travels as a path segment and into logs: a small alphabet keeps it unambiguous."""
+    if not ID_PATTERN.fullmatch(value) or value in (".", ".."):
+        raise bad_request(
+            "id must be 1 to 64 letters, digits, '.', '_' or '-', and not '.' or '..'"
+        )
+
+
+def _check_url(value: str) -> None:
+    """A URL no attempt could reach is refused now, rather than failing every delivery later."""
+    problem = url_problem(value)
+    if problem is not None:
+        raise bad_request(f"url {problem}")
+    if has_credentials(value):
+        # aiohttp refuses credentials in the URL next to an Authorization header, and an
+        # integration always sends its access token in one.
+        raise bad_request("url must not carry user:password@; the access token authenticates")
 
 
 async def create_integration(request: web.Request) -> web.Response:

@@ -28,6 +28,8 @@ from router.edge import IoEdge
 from router.effects import TellAt
 from router.endpoint_state import EndpointState
 from router.events import ConversationEvent, HandoverDeadline, SessionIdle
+from router.http_errors import JsonErrorRunner
+from router.http_util import webhook_url
 from router.ids import Sequence, new_id, new_token
 from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
 from router.intake import Intake
@@ -285,7 +287,12 @@ class Router:
         server = self.config.server
         public = public_app(self)
         admin_routes(public)
-        self.public_runner = web.AppRunner(public, access_log=None, handle_signals=False)
+        self.public_runner = JsonErrorRunner(
+            public,
+            on_error=lambda s: self.metrics.errors.labels(status=str(s)).inc(),
+            access_log=None,
+            handle_signals=False,
+        )
         await self.public_runner.setup()
         site = web.TCPSite(self.public_runner, server.host, server.port)
         try:
@@ -298,7 +305,7 @@ class Router:
         if not self.public_url:
             self.public_url = f"http://{server.host}:{self.public_port}"
         debug = self.config.debug
-        self.debug_runner = web.AppRunner(debug_app(self), access_log=None, handle_signals=False)
+        self.debug_runner = JsonErrorRunner(debug_app(self), access_log=None, handle_signals=False)
         await self.debug_runner.setup()
         try:
             await web.TCPSite(self.debug_runner, debug.host, debug.port).start()
@@ -315,10 +322,10 @@ class Router:
     # -- views ---------------------------------------------------------------------------
 
     def bot_webhook_url(self, integration: Integration) -> str:
-        return f"{self.public_url}/v1/bots/{integration.id}/{integration.webhook_token}"
+        return webhook_url(self.public_url, "bots", integration.id, integration.webhook_token)
 
     def ccsp_webhook_url(self, ccsp_id: str) -> str:
-        return f"{self.public_url}/v1/ccsp/{ccsp_id}/{self.ccsp_tokens[ccsp_id]}"
+        return webhook_url(self.public_url, "ccsp", ccsp_id, self.ccsp_tokens[ccsp_id])
 
     def integration_view(self, integration: Integration, health: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiohttp
 import orjson
@@ -185,7 +187,7 @@ class IoEdge:
                 )
         except Exception as exc:  # whatever went wrong, the lane must hear back
             self.log.exception("delivery_attempt_crashed", delivery_id=attempt.delivery.delivery_id)
-            ok, error = False, f"{type(exc).__name__}: {exc}"
+            ok, error = False, _safe_error(exc, attempt.url, attempt.access_token)
         kind = attempt.delivery.dest.kind
         self.metrics.attempts.labels(kind=kind, outcome="ok" if ok else "failed").inc()
         if not ok:
@@ -206,13 +208,18 @@ class IoEdge:
     async def exchange(
         self, url: str, token: str | None, body: Any
     ) -> tuple[bool, str | None, bytes]:
+        """POST JSON and read the answer; the error, if any, is safe to store and log.
+
+        A redirect is a failed attempt: following it would send the message (and, for a 307,
+        the access token) somewhere nobody configured, or turn it into a GET.
+        """
         assert self.session is not None
         headers = {}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
             async with self.session.post(
-                url, json=body, headers=headers, timeout=self.timeout
+                url, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
                 payload = await response.read()
                 if 200 <= response.status < 300:
@@ -222,4 +229,44 @@ class IoEdge:
             return False, f"no answer within {self.timeout.total}s", b""
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             # ValueError: aiohttp refuses a header or URL it cannot send.
-            return False, f"{type(exc).__name__}: {exc}", b""
+            return False, _safe_error(exc, url, token), b""
+
+
+# A URL in free text: scheme, then everything up to whitespace or a quote.
+_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://[^\s'\"<>]*")
+
+_REDACTED = "***"
+
+
+def _safe_error(exc: BaseException, url: str, token: str | None) -> str:
+    """An exception as an attempt's error, with no credentials left in it.
+
+    Errors are stored with the delivery, shown on the debug port and logged, while the
+    destination URL may carry a password or a key in its query, and aiohttp quotes URLs in
+    its messages.
+    """
+    text = _URL_IN_TEXT.sub(lambda m: _strip_url(m.group(0)), f"{type(exc).__name__}: {exc}")
+    for secret in _url_secrets(url, token):
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _strip_url(found: str) -> str:
+    """The URL without its userinfo, query and fragment."""
+    scheme, _, rest = found.partition("://")
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+
+
+def _url_secrets(url: str, token: str | None) -> list[str]:
+    """The access token and the destination's password, query and query values."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password, parts.query, *(v for _, v in parse_qsl(parts.query))]
+    except ValueError:
+        found = []
+    found.append(token)
+    secrets = {s for s in found if s} | {unquote(s) for s in found if s}
+    # Longest first, so that a secret containing another is replaced whole.
+    return sorted(secrets, key=len, reverse=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import structlog
@@ -13,6 +15,8 @@ from aiohttp import web
 from router.inbound import InputError, bad_request
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_JSON_DEPTH = 64
 
 _STATUS_CODES = {
     400: "invalid_request",
@@ -24,6 +28,9 @@ _STATUS_CODES = {
     415: "unsupported_media_type",
 }
 
+# The last segment of a webhook path is the caller's secret.
+_WEBHOOK_PATH = re.compile(r"^(/v1/(?:bots|ccsp)/[^/]*/).+", re.DOTALL)
+
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.json_bytes_response(data, dumps=orjson.dumps, status=status)
@@ -33,15 +40,61 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return json_response({"error": code, "message": message}, status=status)
 
 
+def status_code(status: int) -> str:
+    """The error code for an HTTP status that no handler chose a code for."""
+    return _STATUS_CODES.get(status, "http_error")
+
+
 async def read_json(request: web.Request) -> Any:
     """The request's JSON body; a body over the size limit is 413, anything unreadable 400."""
-    body = await request.read()
+    try:
+        body = await request.read()
+    except (web.RequestPayloadError, ConnectionResetError) as exc:
+        # A broken body or a caller gone mid-body is the caller's doing, not a server fault.
+        raise bad_request(f"the body could not be read: {exc}", "invalid_body") from None
     if not body:
         raise bad_request("the body is empty; a JSON object is expected", "invalid_json")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise bad_request(f"the body is not valid JSON: {exc}", "invalid_json") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise bad_request(
+            f"the body nests arrays and objects deeper than the limit of {MAX_JSON_DEPTH}",
+            "invalid_json",
+        )
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest (a scalar is 0, `[]` is 1).
+
+    Walked with an explicit stack so that a hostile document cannot exhaust the interpreter's
+    recursion limit here or in whatever later serialises it.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break  # already too deep: no need to walk the rest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _utf8(text: str) -> bytes | None:
+    """Header values arrive with undecodable bytes as surrogates; those match no token."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def bearer_matches(request: web.Request, expected: str) -> bool:
@@ -49,7 +102,8 @@ def bearer_matches(request: web.Request, expected: str) -> bool:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
-    return hmac.compare_digest(token.strip().encode(), expected.encode())
+    given = _utf8(token.strip())
+    return given is not None and hmac.compare_digest(given, expected.encode())
 
 
 def require_bearer(request: web.Request, expected: str) -> None:
@@ -58,7 +112,25 @@ def require_bearer(request: web.Request, expected: str) -> None:
 
 
 def token_matches(given: str, expected: str | None) -> bool:
-    return expected is not None and hmac.compare_digest(given.encode(), expected.encode())
+    if expected is None:
+        return False
+    encoded = _utf8(given)
+    return encoded is not None and hmac.compare_digest(encoded, expected.encode())
+
+
+def redact_path(path: str) -> str:
+    """The path with a webhook token (and anything after it) replaced, so logs never carry one.
+
+    Everything after the id goes, because the path is decoded: an encoded slash inside a
+    token would otherwise leave part of it behind.
+    """
+    return _WEBHOOK_PATH.sub(r"\1***", path)
+
+
+def webhook_url(base: str, kind: str, item_id: str, token: str) -> str:
+    """Where a bot or CCSP posts; ids from the config file may hold any character, so each
+    segment is percent-encoded whole."""
+    return f"{base}/v1/{kind}/{quote(item_id, safe='')}/{quote(token, safe='')}"
 
 
 def error_middleware(on_error: Callable[[int], None]) -> Any:
@@ -75,13 +147,13 @@ def error_middleware(on_error: Callable[[int], None]) -> Any:
             if exc.status < 400:
                 raise
             on_error(exc.status)
-            code = _STATUS_CODES.get(exc.status, "http_error")
+            code = status_code(exc.status)
             message = exc.reason
             if exc.status == 413:
                 message = f"the body is larger than the limit of {request.client_max_size} bytes"
             return error_response(exc.status, code, message)
         except Exception:
-            log.exception("request_failed", method=request.method, path=request.path)
+            log.exception("request_failed", method=request.method, path=redact_path(request.path))
             on_error(500)
             return error_response(500, "internal_error", "the request could not be handled")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from router.urls import url_problem
+
 
 class ConfigError(Exception):
     """A configuration the daemon refuses to start with."""
@@ -46,8 +48,9 @@ class Table:
 
     def url(self, key: str, default: str | None = None) -> str:
         value = self.string(key, default, required=default is None)
-        if not value.startswith(("http://", "https://")):
-            raise self.error(key, f"must be an http:// or https:// URL, got {value!r}")
+        problem = url_problem(value)
+        if problem is not None:
+            raise self.error(key, f"{problem}, got {value!r}")
         return value.rstrip("/") if key == "public_url" else value
 
     def integer(self, key: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:

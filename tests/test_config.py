@@ -452,3 +452,21 @@ def test_cli_check_config_refuses_bad_config(tmp_path: Path) -> None:
     result = cli("check-config", "--config", "bad.toml", cwd=tmp_path)
     assert result.returncode != 0
     assert "bad.toml: admin.extra: unknown key" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["http://", "http:///hook", "https:bot", "http://h:99999/x"])
+def test_a_destination_url_must_name_a_host(url: str) -> None:
+    raw = valid()
+    raw["flows"] = [{"id": "crm", "url": url}]
+    assert refused(raw).startswith("test.toml: flows[0].url: must ")
+
+
+def test_new_timing_keys_have_defaults_and_are_checked() -> None:
+    config = parse_config(valid(), "test.toml")
+    assert (config.delivery.handover_deadline_s, config.delivery.max_parked_age_s) == (
+        60.0,
+        86_400.0,
+    )
+    raw = valid()
+    raw["delivery"] = {"handover_deadline_s": 0}
+    assert refused(raw) == "test.toml: delivery.handover_deadline_s: must be a positive number"

@@ -147,7 +147,8 @@ class ConversationActor(RouterActor):
         if step.changed:
             writes.append(SaveConversation(step.conversation, now))
         writes.extend(SaveSession(s) for s in step.sessions)
-        writes.extend(SaveOutbound(asset, mid, cid) for asset, mid in step.outbound)
+        user = step.conversation.user
+        writes.extend(SaveOutbound(asset, user, mid, cid) for asset, mid in step.outbound)
         for session in step.sessions:
             if session.status != "open":
                 self.log.info(

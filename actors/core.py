@@ -100,7 +100,7 @@ class CoreActor(RouterActor):
             case Loaded():
                 self._loaded(message)
             case Restore(conversation=conversation, deliveries=deliveries):
-                lanes, decisions = restore_lanes(deliveries)
+                lanes, decisions = self._restore_lanes(deliveries)
                 self._spawn(conversation, lanes, decisions, persist=False)
             case ConversationClosed(conversation_id=cid, key=key):
                 if self.keys.get(key) == cid:
@@ -206,7 +206,10 @@ class CoreActor(RouterActor):
                 if running and self.keys.get(value) != found:
                     conversation = None  # it closed after the store was read
             if conversation is None:
-                first = items[0]
+                waiting = self._unrouted(waiting)
+                if not waiting:
+                    return
+                first = waiting[0][1]
                 assert isinstance(first, RouteChannel)
                 conversation = self._new(first)
                 self._spawn(conversation, {}, [], persist=True)
@@ -219,7 +222,7 @@ class CoreActor(RouterActor):
             return
         cid = conversation.conversation_id
         if cid not in self.live and cid not in self.retiring:
-            lanes, decisions = restore_lanes(message.deliveries)
+            lanes, decisions = self._restore_lanes(message.deliveries)
             self._spawn(conversation, lanes, decisions, persist=False)
         # Events for this conversation that wait on its other lookup go along, in arrival
         # order. That load stays tracked (emptied): its answer is then ignored, and a
@@ -233,6 +236,27 @@ class CoreActor(RouterActor):
                 self.loading[other] = []
         for _, item in sorted(waiting, key=lambda pair: pair[0]):
             self._deliver(cid, item)
+
+    def _unrouted(self, waiting: list[tuple[int, Routed]]) -> list[tuple[int, Routed]]:
+        """No open conversation for the identity: events that may not open one (delivery
+        reports) are recorded as unrouted instead; the rest open it, in order."""
+        kept: list[tuple[int, Routed]] = []
+        for arrival, item in waiting:
+            if isinstance(item, RouteChannel) and not item.opens:
+                self.log.warning(
+                    "channel_event_unrouted",
+                    asset=item.asset,
+                    reason="a delivery report for no open conversation",
+                )
+                self.edge.submit(Persist((InboxDone(item.event.inbox_id, "unrouted"),)))
+            else:
+                kept.append((arrival, item))
+        return kept
+
+    def _restore_lanes(
+        self, deliveries: tuple[Delivery, ...]
+    ) -> tuple[dict[str, Lane], list[LaneDecision]]:
+        return restore_lanes(deliveries, self.deps.clock.now(), self.deps.max_parked_age)
 
     def _new(self, message: RouteChannel) -> Conversation:
         route = message.route
@@ -285,14 +309,16 @@ class CoreActor(RouterActor):
         ref.tell(MayRetire(self.sent[cid]))
 
 
-def restore_lanes(deliveries: tuple[Delivery, ...]) -> tuple[dict[str, Lane], list[LaneDecision]]:
+def restore_lanes(
+    deliveries: tuple[Delivery, ...], now: float | None = None, max_age: float | None = None
+) -> tuple[dict[str, Lane], list[LaneDecision]]:
     grouped: dict[str, list[Delivery]] = defaultdict(list)
     for delivery in deliveries:
         grouped[delivery.dest.key].append(delivery)
     lanes: dict[str, Lane] = {}
     decisions: list[LaneDecision] = []
     for items in grouped.values():
-        lane, more = lane_ops.restore(items[0].dest, items)
+        lane, more = lane_ops.restore(items[0].dest, items, now=now, max_age=max_age)
         lanes[lane.dest.key] = lane
         decisions.extend(more)
     return lanes, decisions

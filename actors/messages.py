@@ -49,6 +49,7 @@ class RouteChannel:
     channel: str
     user: str
     event: CustomerEvent
+    opens: bool = True  # False for a delivery report: it never starts a conversation
 
 
 @dataclass(frozen=True)

@@ -77,12 +77,14 @@ def handle(
             if conversation.ccsp_conversation_id != event.ccsp_conversation_id:
                 step.rejected = "the agent session is closed"
             else:
+                sessions.agent_spoke(step)
                 _agent_message(step, event, ctx)
         case AgentClose():
             step.inbox_done = event.inbox_id
             if conversation.ccsp_conversation_id != event.ccsp_conversation_id:
                 step.rejected = "the agent session is closed"
             else:
+                sessions.agent_spoke(step)
                 sessions.end_session(step, "agent", ctx)
         case CloseSession():
             step.inbox_done = event.inbox_id
@@ -111,6 +113,7 @@ def handle(
                 )
                 if event.delivery_id == conversation.handover_delivery_id:
                     sessions.handover_outcome(step, event, ctx)
+                sessions.late_answer(step, lane, event, ctx)
         case RetryDue():
             lane = step.lanes.get(event.dest_key)
             if lane is not None:
@@ -175,8 +178,8 @@ def _customer(step: Step, event: CustomerEvent, ctx: Context) -> None:
     if with_agent:
         assert conv.ccsp is not None and conv.ccsp_conversation_id is not None
         sent = conv.session_messages
-        if event.event != "Message Delivery":
-            sent = (*sent, event.message_id)
+        if event.event != "Message Delivery" and conv.handover_delivery_id is not None:
+            sent = (*sent, event.message_id)  # listed if the Handover is never answered
         step.update(session_used_at=ctx.now, session_messages=sent)
         step.deliver(
             ctx,

@@ -66,6 +66,15 @@ class JsonErrorProtocol(web.RequestHandler):
         response.force_close()
         return response
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A body that breaks after its answer was sent (aiohttp drains the rest of it) is
+        the client's fault too: one line, no traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError | HttpProcessingError):
+            _log.info("malformed_body", reason=type(exc).__name__)
+            return
+        super().log_exception(*args, **kw)
+
 
 def _describe(exc: BaseException | None, message: str | None) -> str:
     """aiohttp's reason in one short line: its messages add the raw bytes and a caret below."""

@@ -117,7 +117,8 @@ class ChannelInput:
     @property
     def dedupe_key(self) -> str:
         """A JSON array, so no Messageid can fake another event's key with a separator."""
-        parts = [self.event, self.message_id]
+        # Per user: a bot may reuse its own Messageids across the customers of one asset.
+        parts = [self.event, self.user, self.message_id]
         if self.event == "Message Delivery":
             # One outbound message gets several reports (sent, delivered, read).
             parts.append(self.fields["DeliveryStatus"])
@@ -137,13 +138,14 @@ def parse_channel(body: Any) -> ChannelInput:
         message = f.text("Message", required=media == "", default="")
         fields = {
             "Message": message,
-            "MessageType": f.text("MessageType", required=False, default="text"),
+            "MessageType": f.text("MessageType", required=False, default=""),
             "Media": media,
         }
     elif name == "FB POSTBACK":
         fields = {"PostbackPayload": f.req("PostbackPayload")}
     else:
-        status = DELIVERY_STATUSES.get(f.req("DeliveryStatus").strip().lower())
+        given = f.get("DeliveryStatus")
+        status = DELIVERY_STATUSES.get(given.strip().lower()) if isinstance(given, str) else None
         if status is None:
             raise bad_request(
                 f"DeliveryStatus must be one of: {', '.join(DELIVERY_STATUSES.values())}",
@@ -184,7 +186,7 @@ def parse_bot(body: Any) -> BotInput:
             media = f.media()
             fields = {
                 "Message": f.text("message", required=media == "", default=""),
-                "MessageType": f.text("Messagetype", required=False, default="text"),
+                "MessageType": f.text("Messagetype", required=False, default=""),
                 "Media": media,
             }
             message_id = f.text("Messageid", required=False)
@@ -229,7 +231,7 @@ def parse_ccsp(body: Any) -> CcspInput:
         media = f.media()
         fields = {
             "Message": f.text("Message", required=media == "", default=""),
-            "MessageType": f.text("MessageType", required=False, default="text"),
+            "MessageType": f.text("MessageType", required=False, default=""),
             "Media": media,
         }
         return CcspInput("message", ccsp_id, fields)

@@ -69,12 +69,13 @@ class Intake:
             # A report belongs to the conversation that sent the message, even a closed one:
             # it must not open a new conversation.
             sender = await self.store.read(
-                lambda conn: outbound_conversation(conn, asset.id, event.message_id)
+                lambda conn: outbound_conversation(conn, asset.id, event.user, event.message_id)
             )
-            if sender is not None and sender.user == event.user:
+            if sender is not None:
                 self.core.tell(ToConversation(sender.conversation_id, customer))
                 return True
-        self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer))
+        opens = event.event != "Message Delivery"
+        self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer, opens))
         return True
 
     async def check_bot(

@@ -61,21 +61,49 @@ class Lane:
 Result = tuple[Lane, list[LaneDecision]]
 
 
-def restore(dest: Destination, deliveries: list[Delivery]) -> Result:
-    """Rebuild a lane from the store after a restart: resume where it stood."""
+def restore(
+    dest: Destination,
+    deliveries: list[Delivery],
+    *,
+    now: float | None = None,
+    max_age: float | None = None,
+) -> Result:
+    """Rebuild a lane from the store (a restart, or a conversation loaded again): resume
+    where it stood."""
     lane = Lane(dest, tuple(deliveries), "idle")
     head = lane.head
     if head is None:
         return lane, []
     if any(d.status == "parked" for d in deliveries):
-        # Offered again as if released: the endpoint parks them anew if it is still
-        # inactive, and nothing stays parked behind an endpoint that is back in service.
-        return release(replace(lane, phase="parked"))
+        return _reoffer(lane, now, max_age)
     if head.status == "retrying" and head.next_attempt_at is not None:
         return replace(lane, phase="waiting"), [
             RetryAt(head.delivery_id, dest, head.next_attempt_at)
         ]
     return replace(lane, phase="in_flight"), [Send(head)]
+
+
+def _reoffer(lane: Lane, now: float | None, max_age: float | None) -> Result:
+    """Offer a parked lane again: the endpoint parks it anew if it is still inactive, and
+    nothing stays parked behind an endpoint that is back in service. Rows stay parked on
+    disk until the endpoint answers, so a restart shows the same parked count throughout.
+    One parked longer than `max_age` expires here, as at a release: a conversation loaded
+    after its bot was reactivated must not send it days late."""
+    decisions: list[LaneDecision] = []
+    kept: list[Delivery] = []
+    for d in lane.queue:
+        if d.status != "parked":
+            kept.append(d)
+            continue
+        parked_at = d.parked_at if d.parked_at is not None else d.created_at
+        if now is not None and max_age is not None and now - parked_at > max_age:
+            decisions.append(Save(_expired(d)))
+            continue
+        kept.append(replace(d, status="pending", attempts=0, next_attempt_at=None))
+    queue = tuple(kept)
+    if not queue:
+        return replace(lane, queue=(), phase="idle"), decisions
+    return replace(lane, queue=queue, phase="in_flight"), [*decisions, Send(queue[0])]
 
 
 def enqueue(lane: Lane, delivery: Delivery, now: float | None = None) -> Result:
@@ -106,13 +134,15 @@ def on_outcome(
     head = lane.head
     if head is None or head.delivery_id != delivery_id or lane.phase != "in_flight":
         return lane, []  # stale: a restart or a release already moved on
+    if head.status == "dead":
+        # Withdrawn while its attempt was out: it stays a dead letter, whatever the answer.
+        if attempted:
+            head = replace(head, attempts=head.attempts + 1, last_error=error)
+        return _advance(replace(lane, queue=lane.queue[1:]), [Save(head)])
     if ok:
         return _advance(replace(lane, queue=lane.queue[1:]), [Remove(delivery_id)])
     if attempted:
         head = replace(head, attempts=head.attempts + 1, last_error=error)
-    if head.status == "dead":
-        # Withdrawn while its attempt was out: already a dead letter, never retried.
-        return _advance(replace(lane, queue=lane.queue[1:]), [Save(head)])
     if inactive:
         return _park(replace(lane, queue=(head, *lane.queue[1:])), now)
     if head.attempts > len(delays):
@@ -136,23 +166,17 @@ def on_retry_due(lane: Lane, delivery_id: int, at: float | None = None) -> Resul
 def release(lane: Lane, *, now: float | None = None, max_age: float | None = None) -> Result:
     """The integration is back: every parked delivery gets a fresh schedule, in order.
 
-    With `max_age`, one parked for longer than that is a dead letter (`expired`) instead of
-    reaching its destination days late. Without it (a restart re-offering what was parked)
-    each keeps the time it was first parked, so it can still expire at the real release.
+    With `now` and `max_age`, one parked for longer than that is a dead letter (`expired`)
+    instead of reaching its destination days late.
     """
     if lane.phase != "parked":
         return lane, []
     decisions: list[LaneDecision] = []
     kept: list[Delivery] = []
     for d in lane.queue:
-        if max_age is None:
-            kept.append(replace(d, status="pending", attempts=0, next_attempt_at=None))
-            continue
         parked_at = d.parked_at if d.parked_at is not None else d.created_at
-        if now is not None and now - parked_at > max_age:
-            decisions.append(
-                Save(replace(d, status="dead", next_attempt_at=None, reason="expired"))
-            )
+        if now is not None and max_age is not None and now - parked_at > max_age:
+            decisions.append(Save(_expired(d)))
             continue
         kept.append(replace(d, status="pending", attempts=0, next_attempt_at=None, parked_at=None))
     queue = tuple(kept)
@@ -187,6 +211,10 @@ def withdraw(lane: Lane, match: Callable[[Delivery], bool], reason: str) -> Resu
     if not queue:
         return replace(lane, queue=(), phase="idle"), decisions
     return replace(lane, queue=queue), decisions
+
+
+def _expired(d: Delivery) -> Delivery:
+    return replace(d, status="dead", next_attempt_at=None, reason="expired")
 
 
 def _park(lane: Lane, now: float) -> Result:

@@ -20,7 +20,7 @@ from router.http_util import (
     token_matches,
 )
 from router.ids import new_id
-from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
+from router.inbound import InputError, fold, parse_bot, parse_ccsp, parse_channel
 from router.records import insert_inbox
 
 if TYPE_CHECKING:
@@ -96,7 +96,9 @@ async def bot_event(request: web.Request) -> web.Response:
         if event.message_id is None:
             # Generated before storing, so a restart routes the reply under the same id.
             event = replace(event, message_id=new_id())
-            body = {**body, "Messageid": event.message_id}
+            # Any spelling left (a null one) would make the stored body ambiguous.
+            body = {k: v for k, v in body.items() if fold(k) != "messageid"}
+            body["Messageid"] = event.message_id
         answer["Messageid"] = event.message_id
     inbox_id, _ = await _store(router, "bot", integration_id, None, body)
     router.intake.route_bot(integration_id, event, conversation, inbox_id)

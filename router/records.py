@@ -37,6 +37,7 @@ class SaveOutbound:
     """A message sent to a customer, so the channel's delivery reports find its conversation."""
 
     asset: str
+    user: str
     message_id: str
     conversation_id: str
 
@@ -110,9 +111,10 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                     "INSERT OR REPLACE INTO ccsp_sessions VALUES (?, ?, ?, ?, ?)",
                     (s.ccsp_conversation_id, s.ccsp, s.conversation_id, s.status, s.at),
                 )
-            case SaveOutbound(asset=asset, message_id=message_id, conversation_id=cid):
+            case SaveOutbound(asset=asset, user=user, message_id=message_id, conversation_id=cid):
                 conn.execute(
-                    "INSERT OR REPLACE INTO outbound VALUES (?, ?, ?)", (asset, message_id, cid)
+                    "INSERT OR REPLACE INTO outbound VALUES (?, ?, ?, ?)",
+                    (asset, user, message_id, cid),
                 )
             case InboxDone(inbox_id=inbox_id, status=status):
                 conn.execute(
@@ -197,13 +199,13 @@ def session_with_conversation(
 
 
 def outbound_conversation(
-    conn: sqlite3.Connection, asset: str, message_id: str
+    conn: sqlite3.Connection, asset: str, user: str, message_id: str
 ) -> Conversation | None:
-    """The conversation that sent `message_id` to a customer on `asset`, open or closed."""
+    """The conversation that sent `message_id` to `user` on `asset`, open or closed."""
     row = conn.execute(
         "SELECT c.state FROM outbound o JOIN conversations c USING (conversation_id) "
-        "WHERE o.asset = ? AND o.message_id = ?",
-        (asset, message_id),
+        "WHERE o.asset = ? AND o.user = ? AND o.message_id = ?",
+        (asset, user, message_id),
     ).fetchone()
     return conversation_from_row(row)
 

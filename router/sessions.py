@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from router import payloads
 from router.events import BotHandover, DeliveryOutcome, HandoverDeadline, SessionIdle
-from router.lanes import Save
+from router.lanes import Lane, Save
 from router.model import Destination
 from router.state import CcspSession
 from router.step import Context, Step, WakeAt
@@ -49,7 +49,8 @@ def open_session(step: Step, event: BotHandover, ctx: Context) -> None:
 def handover_outcome(step: Step, event: DeliveryOutcome, ctx: Context) -> None:
     """The CCSP answered the Handover (the session stands), or it became a dead letter."""
     if event.ok:
-        step.update(handover_delivery_id=None, handover_deadline_at=None)
+        # Answered: the session stands, and nothing of it can be left unanswered any more.
+        step.update(handover_delivery_id=None, handover_deadline_at=None, session_messages=())
         return
     for index, decision in enumerate(step.decisions):
         if (
@@ -79,11 +80,7 @@ def abandon(step: Step, reason: str, ctx: Context) -> None:
     conv = step.conversation
     assert conv.ccsp is not None and conv.ccsp_conversation_id is not None
     ccsp_id = conv.ccsp_conversation_id
-    step.withdraw(
-        Destination("ccsp", conv.ccsp),
-        lambda d: d.body.get("Conversationid") == ccsp_id,
-        "session_abandoned",
-    )
+    _withdraw_session(step, conv.ccsp, ccsp_id)
     step.sessions.append(
         CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "abandoned", ctx.now)
     )
@@ -103,13 +100,32 @@ def abandon(step: Step, reason: str, ctx: Context) -> None:
     _back_to_bot(step)
 
 
+def _withdraw_session(step: Step, ccsp: str, ccsp_id: str) -> None:
+    step.withdraw(
+        Destination("ccsp", ccsp),
+        lambda d: d.body.get("Conversationid") == ccsp_id,
+        "session_abandoned",
+    )
+
+
+def agent_spoke(step: Step) -> None:
+    """A call from the CCSP under the session proves it has the Handover, whatever became of
+    the answer to it."""
+    if step.conversation.handover_delivery_id is not None:
+        step.update(handover_delivery_id=None, handover_deadline_at=None, session_messages=())
+
+
 def end_session(step: Step, reason: str, ctx: Context) -> None:
     """An agent session ends: the CCSP is told unless its agent ended it, and the bot is
     told before anything the customer says next."""
     conv = step.conversation
     assert conv.ccsp is not None and conv.ccsp_conversation_id is not None
     ccsp_id = conv.ccsp_conversation_id
-    if reason != "agent":
+    if conv.handover_delivery_id is not None:
+        # The CCSP never answered the Handover: what it is owed is withdrawn, as when the
+        # session is abandoned, and a Handover still on the wire is closed if it lands.
+        _withdraw_session(step, conv.ccsp, ccsp_id)
+    elif reason != "agent":
         step.deliver(ctx, Destination("ccsp", conv.ccsp), payloads.ccsp_close(ccsp_id))
     step.sessions.append(CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "closed", ctx.now))
     if conv.bot is not None:
@@ -162,3 +178,26 @@ def deadline_passed(step: Step, event: HandoverDeadline, ctx: Context) -> None:
             last_error or f"no 2xx answer to the Handover within {ctx.handover_deadline:g}s",
             ctx,
         )
+    elif (
+        conv.ccsp_conversation_id == event.ccsp_conversation_id
+        and conv.handover_deadline_at is not None
+    ):
+        step.wake.append(WakeAt(conv.handover_deadline_at, event))  # fired early: again
+
+
+def late_answer(step: Step, lane: Lane, event: DeliveryOutcome, ctx: Context) -> None:
+    """A CCSP that accepts a Handover after its session was abandoned holds a session nobody
+    else does: it is closed at once, so no agent waits on a customer who went back to the bot.
+
+    `lane` is the lane as the outcome found it."""
+    head = lane.head
+    if (
+        event.ok
+        and head is not None
+        and head.delivery_id == event.delivery_id
+        and head.status == "dead"
+        and head.body.get("Event") == "Handover"
+        and lane.phase == "in_flight"
+    ):
+        ccsp_id = str(head.body.get("Conversationid"))
+        step.deliver(ctx, lane.dest, payloads.ccsp_close(ccsp_id))

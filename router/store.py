@@ -81,9 +81,10 @@ CREATE TABLE IF NOT EXISTS integrations (
 );
 CREATE TABLE IF NOT EXISTS outbound (
     asset TEXT NOT NULL,
+    user TEXT NOT NULL,
     message_id TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
-    PRIMARY KEY (asset, message_id)
+    PRIMARY KEY (asset, user, message_id)
 );
 CREATE TABLE IF NOT EXISTS webhook_tokens (
     kind TEXT NOT NULL,

@@ -212,6 +212,15 @@ async def test_agent_close_reaches_the_bot_before_the_next_customer_message(
     assert (await daemon.customer("back to you, bot", "m2"))[0] == 202
     bodies = await bot_bodies(peers, 3)
     closed, message = bodies[1], bodies[2]
+    assert list(closed) == [
+        "Event",
+        "Conversationid",
+        "ConversationType",
+        "CCSPConversationid",
+        "Reason",
+        "Channel",
+        "Timestamp",
+    ]
     assert closed == {
         "Event": "Agent Session Closed",
         "Conversationid": cid,
@@ -278,6 +287,11 @@ async def test_the_idle_timer_survives_a_restart(
     [_, close] = await peers.ccsp.wait_for(2)
     assert close == {"Event": "Close", "Conversationid": handover["Conversationid"]}
     await route_is(second, cid, "bot")
+    notice = next(b for b in await bot_bodies(peers, 2) if b["Event"] == "Agent Session Closed")
+    assert (notice["Reason"], notice["CCSPConversationid"]) == (
+        "timeout",
+        handover["Conversationid"],
+    )
 
 
 async def test_an_operator_closes_a_session(daemon: Daemon, peers: Peers) -> None:
@@ -302,3 +316,75 @@ async def test_an_operator_closes_a_session(daemon: Daemon, peers: Peers) -> Non
     await route_is(daemon, cid, "bot")
     status, body = await daemon.admin("POST", path)
     assert (status, body["error"]) == (409, "no_agent_session")
+
+
+async def test_a_handover_answered_after_it_was_abandoned_is_closed_at_the_ccsp(
+    start_router: StartRouter, peers: Peers, clock: ManualClock
+) -> None:
+    daemon = await start_router(
+        clock=clock, retry_delays_s=DELAYS, handover_deadline_s=30, timeout_s=5
+    )
+    cid = await open_bot_conversation(daemon, peers)
+    peers.ccsp.script = [("slow", 0.3)]
+    assert (await daemon.bot({"eventid": "1002", "conversation_id": cid}))[0] == 202
+
+    async def on_the_wire() -> bool:
+        return peers.ccsp.attempts == 1
+
+    await daemon.until(on_the_wire)
+    await wait_due(daemon, clock, 30)
+    abandoned = (await daemon.conversation(cid))["ccsp_conversation_id"]
+    clock.advance(30)  # the deadline passes while the CCSP is still answering
+    failed = (await bot_bodies(peers, 2))[1]
+    assert list(failed) == [
+        "Event",
+        "Conversationid",
+        "ConversationType",
+        "CCSPConversationid",
+        "Reason",
+        "Unanswered",
+        "Channel",
+        "Timestamp",
+    ]
+    assert (failed["Event"], failed["Reason"], failed["Unanswered"]) == (
+        "Handover Failed",
+        "no 2xx answer to the Handover within 30s",
+        [],
+    )
+    # Its late 2xx gets the session closed at once; the Handover stays a dead letter.
+    handover, close = await peers.ccsp.wait_for(2)
+    assert handover["Conversationid"] == abandoned
+    assert close == {"Event": "Close", "Conversationid": abandoned}
+    _, dead = await daemon.until_dead_letters(1)
+    assert [(d["body"]["Event"], d["reason"]) for d in dead["dead_letters"]] == [
+        ("Handover", "session_abandoned")
+    ]
+    assert (await daemon.conversation(cid))["route"] == "bot"
+
+
+async def test_an_operator_close_before_the_handover_is_answered_withdraws_it(
+    start_router: StartRouter, peers: Peers, clock: ManualClock
+) -> None:
+    daemon = await start_router(clock=clock, retry_delays_s=DELAYS)
+    cid = await open_bot_conversation(daemon, peers)
+    peers.ccsp.script = [500]
+    assert (await daemon.bot({"eventid": "1002", "conversation_id": cid}))[0] == 202
+    await wait_due(daemon, clock, 60)
+    status, _ = await daemon.admin("POST", f"/v1/admin/conversations/{cid}/close-session")
+    assert status == 202
+    notice = (await bot_bodies(peers, 2))[1]
+    assert (notice["Event"], notice["Reason"]) == ("Agent Session Closed", "operator")
+    _, dead = await daemon.until_dead_letters(1)
+    [letter] = dead["dead_letters"]
+    assert (letter["body"]["Event"], letter["reason"]) == ("Handover", "session_abandoned")
+    status, body = await daemon.admin(
+        "POST", f"/v1/admin/dead-letters/{letter['delivery_id']}/replay"
+    )
+    assert (status, body["error"]) == (409, "session_abandoned")
+    # Neither its retry nor a Close reaches the CCSP: the next handover is its next attempt.
+    clock.advance(60)
+    await route_is(daemon, cid, "bot")
+    assert (await daemon.bot({"eventid": "1002", "conversation_id": cid}))[0] == 202
+    [second] = await peers.ccsp.wait_for(1)
+    assert second["Event"] == "Handover"
+    assert peers.ccsp.attempts == 2

@@ -18,6 +18,7 @@ from router.events import (
     ConversationEvent,
     CustomerEvent,
     DeliveryOutcome,
+    HandoverDeadline,
     Release,
     Replay,
     RetryDue,
@@ -25,7 +26,7 @@ from router.events import (
 from router.lanes import Lane, RetryAt, Save, Send
 from router.model import Delivery, Destination
 from router.state import Conversation, Mode
-from router.step import Context, Step
+from router.step import Context, Step, WakeAt
 
 NOW = 1_700_000_000.25
 STAMP = "2023-11-14 22:13:20.25"
@@ -546,3 +547,33 @@ def test_handle_does_not_mutate_the_lanes_it_was_given() -> None:
     lanes: dict[str, Lane] = {}
     handle(conversation("bot"), lanes, message("a"), make_ctx())
     assert lanes == {}
+
+
+def test_a_handover_deadline_that_fires_early_is_set_again() -> None:
+    ctx = make_ctx()
+    conv, lanes = handed_over(ctx)
+    deadline = conv.handover_deadline_at
+    assert conv.ccsp_conversation_id is not None and deadline is not None
+    event = HandoverDeadline(conv.ccsp_conversation_id)
+    step = handle(conv, lanes, event, make_ctx(deadline - 0.001))
+    assert step.conversation.route == "ccsp"
+    assert step.wake == [WakeAt(deadline, event)]
+    step = handle(conv, lanes, event, make_ctx(deadline))
+    assert step.conversation.route == "bot"
+    assert step.sessions[-1].status == "abandoned"
+
+
+def test_an_agent_message_counts_as_the_answer_to_the_handover() -> None:
+    ctx = make_ctx()
+    conv, lanes = handed_over(ctx)
+    assert conv.ccsp_conversation_id is not None
+    spoke = AgentMessage(9, conv.ccsp_conversation_id, agent_fields("hello"))
+    step = handle(conv, lanes, spoke, ctx)
+    assert step.conversation.handover_deadline_at is None
+    late = handle(
+        step.conversation,
+        step.lanes,
+        HandoverDeadline(conv.ccsp_conversation_id),
+        make_ctx(NOW + 10_000),
+    )
+    assert late.conversation.route == "ccsp"

@@ -44,7 +44,10 @@ async def bot_conversation(daemon: Daemon, peers: Peers) -> str:
             "invalid_request",
         ),
         (b'{"Event": "FB POSTBACK", "Userid": "u", "Messageid": "1"}', "invalid_request"),
-        (b'{"Event": "Message Delivery", "Userid": "u", "Messageid": "1"}', "invalid_request"),
+        (
+            b'{"Event": "Message Delivery", "Userid": "u", "Messageid": "1"}',
+            "invalid_delivery_status",
+        ),
         (b"\xff\xfe", "invalid_json"),
     ],
 )

@@ -513,3 +513,21 @@ async def test_webhook_urls_for_config_ids_are_percent_encoded_and_work(
     assert (status, answer["accepted"]) == (202, True)
     [out] = await peers.channel.wait_for(1)
     assert out["Message"] == "x"
+
+
+async def test_a_corrupt_compressed_body_is_a_json_400_without_a_traceback(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    body = b"\x1f\x8b\x08\x00garbage that is not deflate at all"
+    answer = await raw_request(
+        daemon.router.public_port,
+        b"POST /v1/channels/fb-page-1/events HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + ASSET_TOKEN.encode() + b"\r\n"
+        b"Content-Encoding: gzip\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
+    )
+    assert answer.status == 400
+    assert orjson.loads(answer.body)["error"] == "invalid_body"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert await daemon.get_debug("/healthz") == (200, {"status": "ok"})

@@ -318,8 +318,20 @@ def test_restore_offers_a_parked_lane_again_as_released() -> None:
     fresh = [replace(d, status="pending", attempts=0) for d in lane.queue]
     assert [d.status for d in lane.queue] == ["pending", "pending"]
     assert [d.attempts for d in lane.queue] == [0, 0]
-    assert decisions == [Save(fresh[0]), Save(fresh[1]), Send(fresh[0])]
+    # Nothing is rewritten: on disk they stay parked until the endpoint answers.
+    assert decisions == [Send(fresh[0])]
     assert lane.phase == "in_flight"
+
+
+def test_restore_expires_what_was_parked_too_long() -> None:
+    old = delivery(1, status="parked", parked_at=NOW - 500)
+    young = delivery(2, status="parked", parked_at=NOW - 50)
+    lane, decisions = lanes.restore(BOT, [old, young], now=NOW, max_age=100)
+    [expired] = saved(decisions)
+    assert (expired.delivery_id, expired.reason) == (1, "expired")
+    assert sent(decisions) == [2]
+    lane, decisions = lanes.restore(BOT, [old], now=NOW, max_age=100)
+    assert (lane.phase, sent(decisions)) == ("idle", [])
 
 
 def test_a_restored_parked_lane_runs_to_the_end_once_the_endpoint_accepts() -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from router.inbound import ChannelInput
 from tests.clock import ManualClock
-from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter
+from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, base_config
 
 EVENTS = "/v1/channels/fb-page-1/events"
 DELAYS = [60, 300, 900, 2340]
@@ -264,7 +265,10 @@ async def test_a_restart_between_the_202_and_the_delivery_keeps_the_messageid(
             "CREATE TRIGGER no_deliveries BEFORE INSERT ON deliveries "
             "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
         )
-    status, answer = await first.bot({"eventid": "1001", "conversation_id": cid, "message": "x"})
+    # A null Messageid under another spelling is replaced, not kept beside the generated one.
+    status, answer = await first.bot(
+        {"eventid": "1001", "conversation_id": cid, "message": "x", "message_id": None}
+    )
     assert status == 202
 
     async def degraded() -> bool:
@@ -310,3 +314,83 @@ async def test_a_delivery_parked_too_long_expires_when_the_bot_is_reactivated(
     assert status == 202
     [_, replayed] = await peers.bot.wait_for(2)
     assert replayed["Messageid"] == "m1"
+
+
+async def test_a_report_that_finds_no_conversation_opens_none(daemon: Daemon, peers: Peers) -> None:
+    cid = await open_bot_conversation(daemon, peers)
+    assert (await daemon.bot({"Event": "Close", "conversation_id": cid}))[0] == 202
+
+    async def closed() -> bool:
+        return (await daemon.conversation(cid))["status"] == "closed"
+
+    await daemon.until(closed)
+    with capture_logs() as logs:
+        assert (await report(daemon, "never-sent", "Read"))[0] == 202
+
+        async def unrouted() -> bool:
+            return any(e["event"] == "channel_event_unrouted" for e in logs)
+
+        await daemon.until(unrouted)
+    _, page = await daemon.get_debug("/debug/conversations")
+    assert [c["conversation_id"] for c in page["conversations"]] == [cid]
+    # A customer message still opens a new conversation as before.
+    await daemon.customer("back again", "m2")
+    [_, again] = await peers.bot.wait_for(2)
+    assert again["Conversationid"] != cid
+
+
+async def test_reports_for_a_reused_bot_messageid_reach_each_users_conversation(
+    daemon: Daemon, peers: Peers
+) -> None:
+    conversations = {}
+    for user in ("ann", "ben"):
+        await daemon.customer("hi", f"{user}-1", user=user)
+        first = next(
+            b
+            for b in await peers.bot.wait_for(len(conversations) + 1)
+            if b["Messageid"] == f"{user}-1"
+        )
+        conversations[user] = first["Conversationid"]
+        reply = {
+            "eventid": "1001",
+            "conversation_id": first["Conversationid"],
+            "message": "ok",
+            "Messageid": "1",
+        }
+        assert (await daemon.bot(reply))[0] == 202
+    await peers.channel.wait_for(2)
+    for user in ("ann", "ben"):
+        assert await report(daemon, "1", "Delivered", user=user) == (202, {"accepted": True})
+    reports = [b for b in await peers.bot.wait_for(4) if b.get("Event") == "Message Delivery"]
+    assert sorted(b["Conversationid"] for b in reports) == sorted(conversations.values())
+
+
+async def test_a_parked_delivery_of_a_retired_conversation_expires_too(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    config = base_config(
+        peers,
+        tmp_path / "router.db",
+        retry_delays_s=DELAYS,
+        inactive_after_failures=1,
+        max_parked_age_s=100,
+    )
+    config["conversations"] = {"max_live": 1}
+    daemon = await start_router(config, clock=clock)
+    peers.bot.script = [500]
+    for user in ("ann", "ben", "cal"):
+        await daemon.customer("old", f"{user}-1", user=user)
+
+    async def all_parked() -> bool:
+        _, items = await daemon.get_debug("/debug/integrations")
+        return bool(items[0]["parked"] + len(peers.bot.received) == 3)
+
+    await daemon.until(all_parked)
+    delivered = len(peers.bot.received)  # an attempt that left before the first failure
+    clock.advance(500)
+    status, _ = await daemon.admin("POST", "/v1/admin/integrations/support-bot/verify")
+    assert status == 200
+    _, dead = await daemon.until_dead_letters(3 - delivered)
+    assert {d["reason"] for d in dead["dead_letters"]} == {"expired"}
+    assert len(peers.bot.received) == delivered

@@ -458,6 +458,11 @@ PORT = "url must have a port from 1 to 65535, if it has one"
         ("http://h:port/", PORT),
         ("http://h:0/", PORT),
         ("http://[::1/", "url is not a valid URL: Invalid IPv6 URL"),
+        (
+            "http://a_b<>.com/x",
+            "url names a host that is not a valid name or address: 'a_b<>.com'",
+        ),
+        ("http://-h-/x", "url names a host that is not a valid name or address: '-h-'"),
     ],
 )
 async def test_an_admin_url_must_be_absolute_http_with_a_host(
@@ -470,7 +475,10 @@ async def test_an_admin_url_must_be_absolute_http_with_a_host(
     )
 
 
-@pytest.mark.parametrize("url", ["http://h", "https://H.example:8443/p?q=1", "http://[::1]:8/x"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://h", "https://H.example:8443/p?q=1", "http://[::1]:8/x", "http://bot_svc.local./x"],
+)
 async def test_an_admin_url_with_a_host_is_accepted(daemon: Daemon, url: str) -> None:
     status, created = await create(daemon, url=url)
     assert (status, created["url"]) == (201, url)

@@ -199,12 +199,9 @@ def _customer(step: Step, event: CustomerEvent, ctx: Context) -> None:
 def _reply_refused(step: Step, event: BotReply, ctx: Context) -> None:
     """A reply the bot was told was accepted, refused when processed: the bot hears why."""
     conv = step.conversation
-    if conv.bot is None:
-        return
     with_agent = conv.route == "ccsp"
-    step.deliver(
+    step.tell_bot(
         ctx,
-        Destination("bot", conv.bot),
         payloads.reply_failed(
             conversation_id=conv.conversation_id,
             conversation_type="CCSP" if with_agent else "BOT",

@@ -84,19 +84,17 @@ def abandon(step: Step, reason: str, ctx: Context) -> None:
     step.sessions.append(
         CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "abandoned", ctx.now)
     )
-    if conv.bot is not None:
-        step.deliver(
-            ctx,
-            Destination("bot", conv.bot),
-            payloads.handover_failed(
-                conversation_id=conv.conversation_id,
-                ccsp_conversation_id=ccsp_id,
-                reason=reason,
-                unanswered=list(conv.session_messages),
-                channel=conv.channel,
-                now=ctx.now,
-            ),
-        )
+    step.tell_bot(
+        ctx,
+        payloads.handover_failed(
+            conversation_id=conv.conversation_id,
+            ccsp_conversation_id=ccsp_id,
+            reason=reason,
+            unanswered=list(conv.session_messages),
+            channel=conv.channel,
+            now=ctx.now,
+        ),
+    )
     _back_to_bot(step)
 
 
@@ -128,18 +126,16 @@ def end_session(step: Step, reason: str, ctx: Context) -> None:
     elif reason != "agent":
         step.deliver(ctx, Destination("ccsp", conv.ccsp), payloads.ccsp_close(ccsp_id))
     step.sessions.append(CcspSession(ccsp_id, conv.ccsp, conv.conversation_id, "closed", ctx.now))
-    if conv.bot is not None:
-        step.deliver(
-            ctx,
-            Destination("bot", conv.bot),
-            payloads.session_closed(
-                conversation_id=conv.conversation_id,
-                ccsp_conversation_id=ccsp_id,
-                reason=reason,
-                channel=conv.channel,
-                now=ctx.now,
-            ),
-        )
+    step.tell_bot(
+        ctx,
+        payloads.session_closed(
+            conversation_id=conv.conversation_id,
+            ccsp_conversation_id=ccsp_id,
+            reason=reason,
+            channel=conv.channel,
+            now=ctx.now,
+        ),
+    )
     _back_to_bot(step)
 
 

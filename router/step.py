@@ -84,6 +84,11 @@ class Step:
             self.lanes[dest.key] = replace(lane, phase="in_flight")
             self.decisions.append(Send(head))
 
+    def tell_bot(self, ctx: Context, body: dict[str, Any]) -> None:
+        """A notice for the conversation's bot, in its lane behind what it is already owed."""
+        if self.conversation.bot is not None:
+            self.deliver(ctx, Destination("bot", self.conversation.bot), body)
+
     def apply(self, result: lane_ops.Result) -> None:
         lane, decisions = result
         self.lanes[lane.dest.key] = lane

@@ -53,6 +53,24 @@ async def answered(daemon: Daemon, cid: str) -> None:
     await daemon.until(check)
 
 
+def idle_config(peers: Peers, tmp_path: Path) -> dict[str, Any]:
+    config = base_config(peers, tmp_path / "router.db", retry_delays_s=DELAYS)
+    config["ccsp"][0]["session_idle_timeout_s"] = 100
+    return config
+
+
+async def idle_session(
+    start_router: StartRouter, peers: Peers, clock: ManualClock, tmp_path: Path
+) -> tuple[Daemon, str, str]:
+    """A session the CCSP has answered, with a 100 s idle timeout."""
+    daemon = await start_router(idle_config(peers, tmp_path), clock=clock)
+    cid = await open_bot_conversation(daemon, peers)
+    assert (await daemon.bot({"eventid": "1002", "conversation_id": cid}))[0] == 202
+    [handover] = await peers.ccsp.wait_for(1)
+    await answered(daemon, cid)
+    return daemon, cid, str(handover["Conversationid"])
+
+
 async def route_is(daemon: Daemon, cid: str, route: str) -> None:
     async def check() -> bool:
         return (await daemon.conversation(cid))["route"] == route
@@ -239,14 +257,7 @@ async def test_agent_close_reaches_the_bot_before_the_next_customer_message(
 async def test_an_idle_session_is_closed_by_the_timeout(
     start_router: StartRouter, peers: Peers, clock: ManualClock, tmp_path: Path
 ) -> None:
-    config = base_config(peers, tmp_path / "router.db", retry_delays_s=DELAYS)
-    config["ccsp"][0]["session_idle_timeout_s"] = 100
-    daemon = await start_router(config, clock=clock)
-    cid = await open_bot_conversation(daemon, peers)
-    assert (await daemon.bot({"eventid": "1002", "conversation_id": cid}))[0] == 202
-    [handover] = await peers.ccsp.wait_for(1)
-    ccsp_id = handover["Conversationid"]
-    await answered(daemon, cid)
+    daemon, cid, ccsp_id = await idle_session(start_router, peers, clock, tmp_path)
     await wait_pending(daemon, clock, [60.0, 100.0])
     clock.advance(60)  # the Handover was answered: its deadline passes without effect
     status, _ = await daemon.agent(
@@ -272,26 +283,17 @@ async def test_an_idle_session_is_closed_by_the_timeout(
 async def test_the_idle_timer_survives_a_restart(
     start_router: StartRouter, peers: Peers, clock: ManualClock, tmp_path: Path
 ) -> None:
-    config = base_config(peers, tmp_path / "router.db", retry_delays_s=DELAYS)
-    config["ccsp"][0]["session_idle_timeout_s"] = 100
-    first = await start_router(config, clock=clock)
-    cid = await open_bot_conversation(first, peers)
-    assert (await first.bot({"eventid": "1002", "conversation_id": cid}))[0] == 202
-    [handover] = await peers.ccsp.wait_for(1)
-    await answered(first, cid)
+    first, cid, ccsp_id = await idle_session(start_router, peers, clock, tmp_path)
     await first.router.stop()
     later = ManualClock(clock.now() + 150)  # down past the timeout: it is due on start
-    second = await start_router(config, clock=later)
+    second = await start_router(idle_config(peers, tmp_path), clock=later)
     await wait_pending(second, later, [-50.0])
     later.advance(0)
     [_, close] = await peers.ccsp.wait_for(2)
-    assert close == {"Event": "Close", "Conversationid": handover["Conversationid"]}
+    assert close == {"Event": "Close", "Conversationid": ccsp_id}
     await route_is(second, cid, "bot")
     notice = next(b for b in await bot_bodies(peers, 2) if b["Event"] == "Agent Session Closed")
-    assert (notice["Reason"], notice["CCSPConversationid"]) == (
-        "timeout",
-        handover["Conversationid"],
-    )
+    assert (notice["Reason"], notice["CCSPConversationid"]) == ("timeout", ccsp_id)
 
 
 async def test_an_operator_closes_a_session(daemon: Daemon, peers: Peers) -> None:

@@ -31,6 +31,24 @@ async def open_bot_conversation(daemon: Daemon, peers: Peers) -> str:
     return cid
 
 
+def fence(tmp_path: Path, table: str) -> None:
+    """Make the next write to `table` fail: the daemon stops routing until restarted."""
+    with sqlite3.connect(tmp_path / "router.db", isolation_level=None) as conn:
+        conn.execute(
+            f"CREATE TRIGGER no_{table} BEFORE INSERT ON {table} "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+
+
+def unfence(tmp_path: Path, table: str) -> None:
+    with sqlite3.connect(tmp_path / "router.db", isolation_level=None) as conn:
+        conn.execute(f"DROP TRIGGER no_{table}")
+
+
+async def degraded(daemon: Daemon) -> bool:
+    return (await daemon.get_debug("/healthz"))[0] == 503
+
+
 async def report(
     daemon: Daemon, message_id: str, status: str, user: str = "u1", **extra: Any
 ) -> tuple[int, Any]:
@@ -222,22 +240,14 @@ async def test_a_reply_refused_when_processed_is_reported_failed_to_the_bot(
     cid = await open_bot_conversation(first, peers)
     # Nothing routed after this commits, so the handover and the reply both wait in the
     # store, each accepted while the bot still held the conversation.
-    with sqlite3.connect(tmp_path / "router.db", isolation_level=None) as conn:
-        conn.execute(
-            "CREATE TRIGGER no_sessions BEFORE INSERT ON ccsp_sessions "
-            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-        )
+    fence(tmp_path, "ccsp_sessions")
     assert (await first.bot({"eventid": "1002", "conversation_id": cid}))[0] == 202
 
-    async def degraded() -> bool:
-        return (await first.get_debug("/healthz"))[0] == 503
-
-    await first.until(degraded)
+    await first.until(lambda: degraded(first))
     status, answer = await first.bot({"eventid": "1001", "conversation_id": cid, "message": "x"})
     assert status == 202
     await first.router.stop()
-    with sqlite3.connect(tmp_path / "router.db", isolation_level=None) as conn:
-        conn.execute("DROP TRIGGER no_sessions")
+    unfence(tmp_path, "ccsp_sessions")
     await start_router()
     [handover] = await peers.ccsp.wait_for(1)
     assert handover["Event"] == "Handover"
@@ -260,25 +270,17 @@ async def test_a_restart_between_the_202_and_the_delivery_keeps_the_messageid(
 ) -> None:
     first = await start_router()
     cid = await open_bot_conversation(first, peers)
-    with sqlite3.connect(tmp_path / "router.db", isolation_level=None) as conn:
-        conn.execute(
-            "CREATE TRIGGER no_deliveries BEFORE INSERT ON deliveries "
-            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-        )
+    fence(tmp_path, "deliveries")
     # A null Messageid under another spelling is replaced, not kept beside the generated one.
     status, answer = await first.bot(
         {"eventid": "1001", "conversation_id": cid, "message": "x", "message_id": None}
     )
     assert status == 202
 
-    async def degraded() -> bool:
-        return (await first.get_debug("/healthz"))[0] == 503
-
-    await first.until(degraded)
+    await first.until(lambda: degraded(first))
     await first.router.stop()
     assert peers.channel.received == []
-    with sqlite3.connect(tmp_path / "router.db", isolation_level=None) as conn:
-        conn.execute("DROP TRIGGER no_deliveries")
+    unfence(tmp_path, "deliveries")
     await start_router()
     [out] = await peers.channel.wait_for(1)
     assert out["Messageid"] == answer["Messageid"]

@@ -239,10 +239,11 @@ class CoreActor(RouterActor):
 
     def _unrouted(self, waiting: list[tuple[int, Routed]]) -> list[tuple[int, Routed]]:
         """No open conversation for the identity: events that may not open one (delivery
-        reports) are recorded as unrouted instead; the rest open it, in order."""
+        reports) and come before the first that may are recorded as unrouted; that one opens
+        it, and everything after it goes to it, in order."""
         kept: list[tuple[int, Routed]] = []
         for arrival, item in waiting:
-            if isinstance(item, RouteChannel) and not item.opens:
+            if not kept and isinstance(item, RouteChannel) and not item.opens:
                 self.log.warning(
                     "channel_event_unrouted",
                     asset=item.asset,

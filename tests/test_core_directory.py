@@ -16,6 +16,7 @@ from actors.core import CoreActor
 from actors.messages import ConversationClosed, Loaded, RouteChannel, ToConversation
 from router.effects import Load, Persist, TellAt
 from router.events import BotClose, CustomerEvent, RetryDue
+from router.records import InboxDone
 from router.rules import ChannelRoute
 from router.state import Conversation
 from tests.clock import ManualClock
@@ -28,6 +29,7 @@ class FakeEdge:
 
     def __init__(self) -> None:
         self.loads: list[Load] = []
+        self.writes: list[Any] = []
         self.lock = threading.Lock()
 
     def submit(self, effect: Any) -> None:
@@ -35,6 +37,7 @@ class FakeEdge:
             if isinstance(effect, Load):
                 self.loads.append(effect)
             elif isinstance(effect, Persist):
+                self.writes.extend(effect.writes)
                 for item in effect.then:
                     if not isinstance(item, TellAt):
                         item.ref.tell(item.message)
@@ -142,3 +145,29 @@ def test_events_bounced_by_a_closed_conversation_keep_their_place(stop_actors: N
     until(lambda: len(new.proxy().conversation.get().transcript) == 2)
     transcript = new.proxy().conversation.get().transcript
     assert [t["Message"] for t in transcript] == ["msg 2", "msg 3"]
+
+
+def report(user: str, n: int) -> RouteChannel:
+    fields = {"DeliveryStatus": "Read"}
+    event = CustomerEvent(n, "Message Delivery", f"out-{n}", fields)
+    return RouteChannel(ROUTE, "fb", "FB", user, event, opens=False)
+
+
+@pytest.mark.parametrize("report_first", [True, False])
+def test_a_report_opens_no_conversation_but_follows_one_opened_before_it(
+    stop_actors: None, report_first: bool
+) -> None:
+    edge = FakeEdge()
+    core = start_core(edge, max_live=10)
+    first, second = (report("ann", 1), customer("ann", 2))
+    if not report_first:
+        first, second = (customer("ann", 2), report("ann", 1))
+    core.tell(first)
+    core.tell(second)  # both wait on the same read of the identity
+    until(lambda: len(edge.loads) == 1)
+    core.tell(Loaded(edge.loads[0].lookup, None))
+    until(lambda: len(live(core)) == 1)
+    [ref] = live(core).values()
+    until(lambda: ref.proxy().routed.get() == (1 if report_first else 2))
+    unrouted = [w for w in edge.writes if isinstance(w, InboxDone) and w.status == "unrouted"]
+    assert unrouted == ([InboxDone(1, "unrouted")] if report_first else [])

@@ -8,10 +8,11 @@ from typing import Any
 import pykka
 import structlog
 
+from actors.runtime import LoopActor
 from router.effects import Ref
 
 
-class RouterActor(pykka.ThreadingActor):
+class RouterActor(LoopActor):
     """A crashed pykka actor stays dead and every later tell to it fails, so a message that
     raises is logged with its traceback and the actor goes on with the next one."""
 

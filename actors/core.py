@@ -81,7 +81,7 @@ class CoreActor(RouterActor):
 
     def on_stop(self) -> None:
         for ref in self.live.values():
-            ref.stop()
+            ref.stop(block=False)
 
     def handle(self, message: Any) -> None:
         match message:

@@ -80,6 +80,11 @@ class Scheduler:
             found = cls._by_loop[loop] = cls(loop)
         return found
 
+    @property
+    def idle(self) -> bool:
+        """No actor has mail waiting: what a test waits for instead of sleeping."""
+        return not self._ready and not self._scheduled
+
     def on_loop(self) -> bool:
         return threading.get_ident() == self._thread
 

@@ -206,14 +206,10 @@ class Router:
         # to: a conversation never finds its endpoint gone while it is still running.
         self.edge.quiesce()
         core, endpoints = self.core, list(self.endpoints.values())
-
-        def stop_all() -> None:
-            if core is not None:
-                core.stop()
-            for ref in endpoints:
-                ref.stop()
-
-        await asyncio.get_running_loop().run_in_executor(None, stop_all)
+        if core is not None:
+            await core.stop(block=False)
+        for ref in endpoints:
+            await ref.stop(block=False)
         self.core = None
         self.endpoints.clear()
 

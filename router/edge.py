@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -46,6 +47,7 @@ class IoEdge:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.metrics = metrics
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: int | None = None
         self.session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[Timer] = set()
@@ -58,6 +60,7 @@ class IoEdge:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self.session = aiohttp.ClientSession(
             json_serialize_bytes=orjson.dumps,
             # Attempts wait for a slot per destination before their timeout starts, so the
@@ -89,7 +92,10 @@ class IoEdge:
         if loop is None or self._closing:
             return
         with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
-            loop.call_soon_threadsafe(self._run, effect)
+            if self.loop_thread == threading.get_ident():
+                loop.call_soon(self._run, effect)  # after the actor's turn, in order
+            else:
+                loop.call_soon_threadsafe(self._run, effect)
 
     def _run(self, effect: Effect) -> None:
         if self._closing or self.fenced:

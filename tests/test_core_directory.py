@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pykka
 import pytest
 
 from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.messages import ConversationClosed, Loaded, RouteChannel, ToConversation
+from actors.runtime import Scheduler
 from router.effects import Load, Persist, TellAt
 from router.events import BotClose, CustomerEvent, RetryDue
 from router.records import InboxDone
@@ -54,17 +54,14 @@ def customer(user: str, n: int) -> RouteChannel:
     )
 
 
-def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
-
-@pytest.fixture
-def stop_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
+async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0) -> None:
+    """Let the loop run the actors until `check` holds; bounded so a failure cannot hang."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if result if isinstance(result, bool) else await result:
+                return
+            await asyncio.sleep(0.001)
 
 
 def start_core(edge: FakeEdge, max_live: int, wrap: Callable[[Any], Any] = lambda r: r) -> Any:
@@ -85,31 +82,38 @@ def start_core(edge: FakeEdge, max_live: int, wrap: Callable[[Any], Any] = lambd
 
 
 def live(core: Any) -> dict[str, Any]:
-    return dict(core.proxy().live.get())
+    """The core's directory, read directly: on one loop nothing changes it meanwhile."""
+    return dict(core._actor_weakref().live)
 
 
-def test_a_read_that_predates_a_retirement_is_repeated_not_used(stop_actors: None) -> None:
+async def test_a_read_that_predates_a_retirement_is_repeated_not_used() -> None:
     edge = FakeEdge()
     core = start_core(edge, max_live=1)
     core.tell(customer("ann", 1))
     core.tell(ToConversation("A", RetryDue(1, "bot:b")))
-    until(lambda: [x.lookup for x in edge.loads][1:] == ["id:A"])
+    await until(lambda: [x.lookup for x in edge.loads][1:] == ["id:A"])
     core.tell(Loaded(edge.loads[0].lookup, conversation("A", "ann")))
-    until(lambda: "A" in live(core))
+    await until(lambda: "A" in live(core))
     core.tell(customer("bob", 2))  # a second conversation: A is asked to retire
-    until(lambda: len(edge.loads) == 3)
+    await until(lambda: len(edge.loads) == 3)
     core.tell(Loaded(edge.loads[2].lookup, None))
-    until(lambda: "A" not in live(core))
+    await until(lambda: "A" not in live(core))
     core.tell(ToConversation("A", RetryDue(1, "bot:b")))
-    time.sleep(0.05)
+    await settle()
     assert [x.lookup for x in edge.loads].count("id:A") == 1  # waits on the read already out
     core.tell(Loaded("id:A", conversation("A", "ann")))  # that read predates A's retirement
-    until(lambda: [x.lookup for x in edge.loads].count("id:A") == 2)
+    await until(lambda: [x.lookup for x in edge.loads].count("id:A") == 2)
     assert "A" not in live(core)
 
 
-class SlowToHearClose:
-    """Holds up a conversation's thread right after it reports closing, as a preemption would."""
+async def settle() -> None:
+    """Every actor with mail has run it (the fake edge answers nothing by itself)."""
+    await asyncio.sleep(0)
+    await until(lambda: Scheduler.current().idle)
+
+
+class HearsClose:
+    """Marks the moment a conversation reports closing to the core."""
 
     def __init__(self, ref: Any, told: threading.Event) -> None:
         self.ref = ref
@@ -119,31 +123,31 @@ class SlowToHearClose:
         self.ref.tell(message)
         if isinstance(message, ConversationClosed):
             self.told.set()
-            time.sleep(0.3)
 
 
-def test_events_bounced_by_a_closed_conversation_keep_their_place(stop_actors: None) -> None:
+async def test_events_bounced_by_a_closed_conversation_keep_their_place() -> None:
     edge = FakeEdge()
     told = threading.Event()
-    core = start_core(edge, max_live=10, wrap=lambda r: SlowToHearClose(r, told))
+    core = start_core(edge, max_live=10, wrap=lambda r: HearsClose(r, told))
     core.tell(customer("ann", 1))
-    until(lambda: len(edge.loads) == 1)
+    await until(lambda: len(edge.loads) == 1)
     core.tell(Loaded(edge.loads[0].lookup, conversation("A", "ann")))
-    until(lambda: "A" in live(core))
+    await until(lambda: "A" in live(core))
     core.tell(ToConversation("A", BotClose(50)))
     core.tell(customer("ann", 2))  # reaches A after it closed
-    assert told.wait(5)
+    await until(told.is_set)
     core.tell(customer("ann", 3))  # newer, and must stay behind msg 2
-    until(lambda: len(edge.loads) == 2, timeout=10)
-    until(lambda: "A" not in live(core))  # retired; a read issued before that is repeated
+    await until(lambda: len(edge.loads) == 2, timeout=10)
+    await until(lambda: "A" not in live(core))  # retired; a read issued before that is repeated
     lookup = edge.loads[1].lookup
     for _ in range(2):
         core.tell(Loaded(lookup, None))
-        time.sleep(0.05)
-    until(lambda: any(cid != "A" for cid in live(core)))
+        await settle()
+    await until(lambda: any(cid != "A" for cid in live(core)))
     [new] = [ref for cid, ref in live(core).items() if cid != "A"]
-    until(lambda: len(new.proxy().conversation.get().transcript) == 2)
-    transcript = new.proxy().conversation.get().transcript
+    actor = new._actor_weakref()
+    await until(lambda: len(actor.conversation.transcript) == 2)
+    transcript = actor.conversation.transcript
     assert [t["Message"] for t in transcript] == ["msg 2", "msg 3"]
 
 
@@ -154,8 +158,8 @@ def report(user: str, n: int) -> RouteChannel:
 
 
 @pytest.mark.parametrize("report_first", [True, False])
-def test_a_report_opens_no_conversation_but_follows_one_opened_before_it(
-    stop_actors: None, report_first: bool
+async def test_a_report_opens_no_conversation_but_follows_one_opened_before_it(
+    report_first: bool,
 ) -> None:
     edge = FakeEdge()
     core = start_core(edge, max_live=10)
@@ -164,10 +168,10 @@ def test_a_report_opens_no_conversation_but_follows_one_opened_before_it(
         first, second = (customer("ann", 2), report("ann", 1))
     core.tell(first)
     core.tell(second)  # both wait on the same read of the identity
-    until(lambda: len(edge.loads) == 1)
+    await until(lambda: len(edge.loads) == 1)
     core.tell(Loaded(edge.loads[0].lookup, None))
-    until(lambda: len(live(core)) == 1)
+    await until(lambda: len(live(core)) == 1)
     [ref] = live(core).values()
-    until(lambda: ref.proxy().routed.get() == (1 if report_first else 2))
+    await until(lambda: ref._actor_weakref().routed == (1 if report_first else 2))
     unrouted = [w for w in edge.writes if isinstance(w, InboxDone) and w.status == "unrouted"]
     assert unrouted == ([InboxDone(1, "unrouted")] if report_first else [])

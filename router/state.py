@@ -47,7 +47,9 @@ class Conversation:
         return conversation_key(self.asset, self.user, self.service, target or "")
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """Plain data for the store. Field by field: `dataclasses.asdict` deep-copies every
+        value, and this runs on every step."""
+        data = {name: getattr(self, name) for name in _FIELDS}
         data["transcript"] = list(self.transcript)
         data["session_messages"] = list(self.session_messages)
         return data
@@ -61,6 +63,9 @@ class Conversation:
                 "session_messages": tuple(data.get("session_messages", ())),
             }
         )
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Conversation))
 
 
 SessionStatus = Literal["open", "closed", "abandoned"]

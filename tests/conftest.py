@@ -44,7 +44,7 @@ def base_config(peers: Peers, store: Path, **delivery: Any) -> dict[str, Any]:
         "admin": {"token": ADMIN},
         "store": {"path": str(store)},
         "delivery": {
-            "timeout_s": 0.5,
+            "timeout_s": 5.0,  # generous: a starved test machine must not time out an answer
             "retry_delays_s": [0.05, 0.05, 0.05, 0.05],
             "inactive_after_failures": 5,
             **delivery,

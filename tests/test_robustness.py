@@ -103,8 +103,10 @@ async def test_stopping_mid_retry_records_no_attempt_that_was_not_made(
 async def test_attempts_waiting_for_a_connection_are_not_counted_as_late(
     start_router: StartRouter, peers: Peers
 ) -> None:
-    daemon = await start_router(timeout_s=1.0, inactive_after_failures=1)
-    peers.bot.script = [("slow", 0.4)] * 150
+    # Three waves of 64 attempts, 1 s each: counted from the request, the third would be late;
+    # each attempt alone has 1.5 s of margin, for a busy machine.
+    daemon = await start_router(timeout_s=2.5, inactive_after_failures=1)
+    peers.bot.script = [("slow", 1.0)] * 150
     results = await asyncio.gather(
         *(daemon.customer("hi", f"m{i}", user=f"user-{i}") for i in range(150))
     )

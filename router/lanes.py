@@ -95,8 +95,7 @@ def _reoffer(lane: Lane, now: float | None, max_age: float | None) -> Result:
         if d.status != "parked":
             kept.append(d)
             continue
-        parked_at = d.parked_at if d.parked_at is not None else d.created_at
-        if now is not None and max_age is not None and now - parked_at > max_age:
+        if _too_old(d, now, max_age):
             decisions.append(Save(_expired(d)))
             continue
         kept.append(replace(d, status="pending", attempts=0, next_attempt_at=None))
@@ -174,8 +173,7 @@ def release(lane: Lane, *, now: float | None = None, max_age: float | None = Non
     decisions: list[LaneDecision] = []
     kept: list[Delivery] = []
     for d in lane.queue:
-        parked_at = d.parked_at if d.parked_at is not None else d.created_at
-        if now is not None and max_age is not None and now - parked_at > max_age:
+        if _too_old(d, now, max_age):
             decisions.append(Save(_expired(d)))
             continue
         kept.append(replace(d, status="pending", attempts=0, next_attempt_at=None, parked_at=None))
@@ -211,6 +209,14 @@ def withdraw(lane: Lane, match: Callable[[Delivery], bool], reason: str) -> Resu
     if not queue:
         return replace(lane, queue=(), phase="idle"), decisions
     return replace(lane, queue=queue), decisions
+
+
+def _too_old(d: Delivery, now: float | None, max_age: float | None) -> bool:
+    """Parked longer than `max_age` (counted from creation if it never recorded parking)."""
+    if now is None or max_age is None:
+        return False
+    parked_at = d.parked_at if d.parked_at is not None else d.created_at
+    return now - parked_at > max_age
 
 
 def _expired(d: Delivery) -> Delivery:

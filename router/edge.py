@@ -63,6 +63,8 @@ class IoEdge:
         self.loop_thread = threading.get_ident()
         self.session = aiohttp.ClientSession(
             json_serialize_bytes=orjson.dumps,
+            # A peer's Set-Cookie must not ride along on calls to other peers.
+            cookie_jar=aiohttp.DummyCookieJar(),
             # Attempts wait for a slot per destination before their timeout starts, so the
             # connection pool itself never makes an attempt late.
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
@@ -91,11 +93,11 @@ class IoEdge:
         loop = self.loop
         if loop is None or self._closing:
             return
+        if self.loop_thread == threading.get_ident():
+            self._run(effect)  # writes reach the store's queue in the order actors made them
+            return
         with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
-            if self.loop_thread == threading.get_ident():
-                loop.call_soon(self._run, effect)  # after the actor's turn, in order
-            else:
-                loop.call_soon_threadsafe(self._run, effect)
+            loop.call_soon_threadsafe(self._run, effect)
 
     def _run(self, effect: Effect) -> None:
         if self._closing or self.fenced:
@@ -103,7 +105,9 @@ class IoEdge:
         match effect:
             case Persist(writes=writes, then=then):
                 future = self.store.write(self._fenced_write(writes))
-                self._spawn(self._after(future, then))
+                # A callback, not a task: the futures of one commit settle in the order they
+                # were written, so what follows from each step also runs in that order.
+                future.add_done_callback(lambda done: self._after(done, then))
             case Attempt():
                 self._spawn(self._attempt(effect))
             case Load():
@@ -130,14 +134,15 @@ class IoEdge:
 
         return work
 
-    async def _after(self, future: asyncio.Future[None], then: tuple[Tell | TellAt, ...]) -> None:
-        try:
-            await future
-        except Exception as exc:
+    def _after(self, done: asyncio.Future[None], then: tuple[Tell | TellAt, ...]) -> None:
+        if done.cancelled() or self._closing:
+            return
+        error = done.exception()
+        if error is not None:
             # A step that is not on disk must have no consequence, and neither may any step
             # after it: they are all redone, in order, from the store at the next start. Intake
             # keeps storing meanwhile; the daemon reports itself degraded.
-            self._fence("persist_failed", str(exc))
+            self._fence("persist_failed", str(error))
             return
         for item in then:
             self._tell(item)

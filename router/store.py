@@ -192,6 +192,40 @@ class Store:
     def _commit(
         self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
     ) -> None:
+        try:
+            outcomes = self._commit_together(conn, batch)
+        except _WorkFailed:
+            # One caller's work raised: commit the others without it, each in a savepoint so
+            # that a bad write fails alone. Rare, so the common batch pays for no savepoints.
+            outcomes = self._commit_apart(conn, batch)
+        except sqlite3.Error as exc:
+            outcomes = self._failed(conn, batch, exc)
+        # One wake-up of each waiting loop per commit, not one per write in it.
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, settled)
+
+    def _commit_together(
+        self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for work, future in batch:
+            try:
+                outcomes.append((future, work(conn), None))
+            except Exception as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise _WorkFailed from exc
+        conn.execute("COMMIT")
+        return outcomes
+
+    def _commit_apart(
+        self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -207,18 +241,25 @@ class Store:
                 conn.execute("RELEASE work")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.failed = True
-            self._log.error("store_commit_failed", error=str(exc), batch=len(batch))
+            return self._failed(conn, batch, exc)
+        return outcomes
+
+    def _failed(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[tuple[Work, asyncio.Future[Any]]],
+        exc: sqlite3.Error,
+    ) -> list[Outcome]:
+        self.failed = True
+        self._log.error("store_commit_failed", error=str(exc), batch=len(batch))
+        with contextlib.suppress(sqlite3.Error):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            outcomes = [(future, None, exc) for _, future in batch]
-        # One wake-up of each waiting loop per commit, not one per write in it.
-        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
-        for loop, settled in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-                loop.call_soon_threadsafe(_settle_all, settled)
+        return [(future, None, exc) for _, future in batch]
+
+
+class _WorkFailed(Exception):
+    """A caller's work raised inside a shared transaction, which is rolled back."""
 
 
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]

@@ -16,15 +16,17 @@ class RouterActor(LoopActor):
     """A crashed pykka actor stays dead and every later tell to it fails, so a message that
     raises is logged with its traceback and the actor goes on with the next one."""
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: Any) -> Any:
         try:
-            self.handle(message)
+            return self.handle(message)
         except Exception:
             structlog.get_logger("router.actor").exception(
                 "actor_message_failed", actor=type(self).__name__, message=type(message).__name__
             )
+            return None
 
-    def handle(self, message: Any) -> None:
+    def handle(self, message: Any) -> Any:
+        """Handle a told message; what it returns answers an ask."""
         raise NotImplementedError
 
 

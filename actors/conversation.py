@@ -17,11 +17,13 @@ from actors.messages import (
     Bounced,
     Busy,
     ConversationClosed,
+    Crashed,
     Dispatch,
     Flush,
     Flushed,
     Idle,
     MayRetire,
+    Resume,
     Retired,
     RouteChannel,
     ToConversation,
@@ -87,6 +89,7 @@ ROUTED = (
     RetryDue,
     Release,
     Flush,
+    Resume,
     HandoverDeadline,
     SessionIdle,
 )
@@ -128,6 +131,14 @@ class ConversationActor(RouterActor):
         if isinstance(message, Flush):
             self.deps.core.tell(Flushed(self.conversation.conversation_id))
             return
+        if isinstance(message, Resume):
+            return
+        try:
+            self._step(message)
+        except Exception as exc:
+            self._crash(message, exc)
+
+    def _step(self, message: Any) -> None:
         if isinstance(message, RouteChannel):
             if self.conversation.status == "closed":
                 # Closed after the core picked this actor: the core opens a new one.
@@ -139,6 +150,15 @@ class ConversationActor(RouterActor):
         step = handle(self.conversation, self.lanes, message, ctx)
         self.conversation, self.lanes = step.conversation, step.lanes
         self._carry_out(step, was_open)
+
+    def _crash(self, message: Any, exc: Exception) -> None:
+        """What this actor holds may be half-changed: it stops taking messages, and the core
+        starts it again from the store (the state every earlier step left there)."""
+        self.log.error("conversation_crashed", message=type(message).__name__, exc_info=exc)
+        self.suspend()
+        error = f"{type(exc).__name__}: {exc}"
+        cid = self.conversation.conversation_id
+        self.deps.core.tell(Crashed(cid, message, error, self.conversation.bot))
 
     def _carry_out(self, step: Step, was_open: bool) -> None:
         now = self.deps.clock.now()

@@ -16,30 +16,37 @@ from typing import Any
 import structlog
 
 from actors.base import RouterActor, tell
-from actors.conversation import ConversationActor, ConversationDeps
+from actors.conversation import ROUTED, ConversationActor, ConversationDeps
 from actors.messages import (
     Bounced,
     Busy,
     ConversationClosed,
+    Crashed,
     Flush,
     Flushed,
     Idle,
+    Inspect,
     Loaded,
     MayRetire,
+    Restart,
     Restore,
+    Resume,
     Retired,
     RouteChannel,
+    Supervised,
     ToConversation,
 )
+from actors.runtime import evict
 from router import lanes as lane_ops
-from router.effects import Edge, Load, Persist
+from router.effects import Edge, Load, Persist, Tell, TellAt
 from router.events import ConversationEvent
 from router.lanes import Lane, LaneDecision
 from router.model import Delivery
-from router.records import InboxDone
+from router.records import InboxDone, InboxPoisoned
 from router.state import Conversation, conversation_key
+from router.supervision import RestartPolicy, SetAside, on_crash
 
-Routed = RouteChannel | ConversationEvent | Flush
+Routed = RouteChannel | ConversationEvent | Flush | Resume
 
 
 @dataclass
@@ -58,6 +65,7 @@ class CoreActor(RouterActor):
         edge: Edge,
         max_live: int,
         on_live: Callable[[int], None] = lambda n: None,
+        restarts: RestartPolicy | None = None,
     ) -> None:
         super().__init__()
         self._deps_factory = deps_factory
@@ -74,6 +82,11 @@ class CoreActor(RouterActor):
         self.busy: set[str] = set()  # said Busy; asked again once it says Idle
         self.closed: set[str] = set()  # running, closed, to stop once idle
         self.loading: dict[str, list[tuple[int, Routed]]] = {}
+        self.policy = restarts or RestartPolicy()
+        self.restart_history: dict[str, tuple[float, ...]] = {}
+        self.restarting: dict[str, list[Routed]] = {}  # crashed: events wait for the restart
+        # Supervision of conversations with no integration (flow-only): restarts, poisoned.
+        self.supervised = {"restarted": 0, "poisoned": 0}
         self.log = structlog.get_logger("router.core")
 
     def on_start(self) -> None:
@@ -83,8 +96,19 @@ class CoreActor(RouterActor):
         for ref in self.live.values():
             ref.stop(block=False)
 
-    def handle(self, message: Any) -> None:
+    def handle(self, message: Any) -> Any:
         match message:
+            case Inspect():
+                return {
+                    "resident": len(self.live),
+                    "loading": sum(1 for waiting in self.loading.values() if waiting),
+                    "retiring": len(self.retiring),
+                    "restarting": len(self.restarting),
+                    "max_live": self.max_live,
+                    # Conversations with no integration are supervised here.
+                    "flow_restarts": self.supervised["restarted"],
+                    "flow_poisoned_events": self.supervised["poisoned"],
+                }
             case RouteChannel():
                 key = self._key(message)
                 cid = self.keys.get(key)
@@ -97,6 +121,10 @@ class CoreActor(RouterActor):
                     self._deliver(cid, message)
             case ToConversation(conversation_id=cid, event=event):
                 self._deliver(cid, event)
+            case Crashed():
+                self._crashed(message)
+            case Restart(conversation_id=cid):
+                self._restart(cid)
             case Loaded():
                 self._loaded(message)
             case Restore(conversation=conversation, deliveries=deliveries):
@@ -144,6 +172,7 @@ class CoreActor(RouterActor):
                     self._load(f"id:{cid}", item)
             case _:
                 self.log.error("unexpected_message", message=repr(message))
+        return None
 
     @staticmethod
     def _key(message: RouteChannel) -> str:
@@ -151,6 +180,10 @@ class CoreActor(RouterActor):
         return conversation_key(message.asset, message.user, route.service, route.target)
 
     def _deliver(self, cid: str, event: Routed) -> None:
+        waiting = self.restarting.get(cid)
+        if waiting is not None:
+            waiting.append(event)
+            return
         held = self.retiring.get(cid)
         if held is not None:
             held.append(event)
@@ -164,6 +197,71 @@ class CoreActor(RouterActor):
         if not tell(ref, event):  # stopped under us: start it again from the store
             self._forget(cid)
             self._load(f"id:{cid}", event)
+
+    # -- supervision -----------------------------------------------------------------------
+
+    def _crashed(self, message: Crashed) -> None:
+        """Evict the crashed actor, keep what it had not handled, and start it again from the
+        store after a backoff; past the restart intensity, set the failing event aside."""
+        cid = message.conversation_id
+        ref = self.live.get(cid)
+        left = [m for m in evict(ref) if isinstance(m, ROUTED)] if ref is not None else []
+        left += self.retiring.pop(cid, [])
+        key = next((k for k, v in self.keys.items() if v == cid), None)
+        self._forget(cid)
+        if key is not None:
+            self.keys[key] = cid  # its customer events wait for the restart too
+        now = self.deps.clock.now()
+        decision = on_crash(self.restart_history.get(cid, ()), now, self.policy)
+        if isinstance(decision, SetAside):
+            self.restart_history.pop(cid, None)
+            self.restarting[cid] = left
+            self._supervise(message.bot, cid, "poisoned")
+            writes = self._set_aside(cid, message.event, message.error)
+            # Once the last writes of the crashed actor are durable, so the load sees them.
+            self.edge.submit(Persist(writes, (Tell(self.actor_ref, Restart(cid)),)))
+            return
+        self.restart_history[cid] = decision.history
+        self.restarting[cid] = [message.event, *left]
+        self._supervise(message.bot, cid, "restarted")
+        self.log.warning(
+            "conversation_restarting",
+            conversation_id=cid,
+            delay_s=decision.delay,
+            restarts=len(decision.history),
+            error=message.error,
+        )
+        restart = TellAt(now + decision.delay, self.actor_ref, Restart(cid))
+        self.edge.submit(Persist((), (restart,)))
+
+    def _set_aside(self, cid: str, event: Any, error: str) -> tuple[InboxPoisoned, ...]:
+        inner = event.event if isinstance(event, RouteChannel) else event
+        inbox_id = getattr(inner, "inbox_id", None)
+        self.log.error(
+            "event_poisoned",
+            conversation_id=cid,
+            message=type(inner).__name__,
+            inbox_id=inbox_id,
+            error=error,
+        )
+        if inbox_id is None:
+            return ()  # a timer or an outcome: what it was about is on disk and resumes
+        return (InboxPoisoned(inbox_id, cid, error),)
+
+    def _restart(self, cid: str) -> None:
+        waiting = self.restarting.pop(cid, None)
+        if waiting is None:
+            return
+        key = next((k for k, v in self.keys.items() if v == cid), None)
+        if key is not None:
+            del self.keys[key]  # the load sets it again, from what the store says
+        for item in waiting or [Resume()]:
+            self._load(f"id:{cid}", item)
+
+    def _supervise(self, bot: str | None, cid: str, outcome: str) -> None:
+        endpoint = self.deps.endpoints.get(f"bot:{bot}") if bot else None
+        if endpoint is None or not tell(endpoint, Supervised(cid, outcome)):
+            self.supervised[outcome] += 1
 
     def _forget(self, cid: str) -> None:
         self.live.pop(cid, None)

@@ -9,7 +9,15 @@ from typing import Any
 import structlog
 
 from actors.base import RouterActor, tell
-from actors.messages import AttemptResult, Dispatch, Reconfigure, ToConversation, Verified
+from actors.messages import (
+    AttemptResult,
+    Dispatch,
+    Inspect,
+    Reconfigure,
+    Supervised,
+    ToConversation,
+    Verified,
+)
 from router.effects import Attempt, Edge, Persist
 from router.endpoint_state import EndpointState, on_attempt, on_verified
 from router.events import DeliveryOutcome, Release
@@ -25,10 +33,21 @@ class EndpointActor(RouterActor):
         # Conversations with deliveries parked here, in parking order. Released through the
         # core by id: a parked conversation's actor may have retired meanwhile.
         self.parked: dict[str, None] = {}
+        # Its conversations' supervision since the daemon started: restarts after a crash,
+        # and events set aside as poisoned past the restart intensity.
+        self.supervised = {"restarted": 0, "poisoned": 0}
         self.log = structlog.get_logger("router.endpoint").bind(dest=state.dest.key)
 
-    def handle(self, message: Any) -> None:
+    def handle(self, message: Any) -> Any:
         match message:
+            case Supervised(outcome=outcome):
+                self.supervised[outcome] = self.supervised.get(outcome, 0) + 1
+            case Inspect():
+                return {
+                    "restarts": self.supervised["restarted"],
+                    "poisoned_events": self.supervised["poisoned"],
+                    "parked_conversations": len(self.parked),
+                }
             case Dispatch(delivery=delivery, conversation=conversation):
                 if self.state.inactive:
                     self.parked[delivery.conversation_id] = None
@@ -76,6 +95,7 @@ class EndpointActor(RouterActor):
                     tell(core, ToConversation(conversation_id, Release(self.state.dest.key)))
             case Reconfigure(url=url, access_token=token):
                 self.state = replace(self.state, url=url, access_token=token)
+        return None
 
     def _count(self, ok: bool) -> None:
         before = self.state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from router.effects import Ref
 from router.events import ConversationEvent, CustomerEvent
@@ -127,3 +128,41 @@ class Loaded:
     conversation: Conversation | None
     deliveries: tuple[Delivery, ...] = ()
     failed: bool = False
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """A conversation actor raised while handling `event`; it handles nothing more and waits
+    for its supervisor, the core, to evict it and start it again from the store."""
+
+    conversation_id: str
+    event: Any
+    error: str
+    bot: str | None
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Start a crashed conversation again: its backoff is over, and what it wrote is durable."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The first message of a restarted conversation with nothing else waiting: loading it
+    re-arms the deliveries it owes."""
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """For an integration's supervisor: one of its conversations was restarted, or had an
+    event set aside as poisoned."""
+
+    conversation_id: str
+    outcome: str  # "restarted" | "poisoned"
+
+
+@dataclass(frozen=True)
+class Inspect:
+    """Asked by the debug port: the answer is a JSON-ready view of the actor's live state."""

@@ -117,7 +117,7 @@ class Scheduler:
             actor._scheduled = False
             # Mail put by another thread after the turn saw the inbox empty, and before the
             # flag dropped, would wait forever: look once more.
-            if actor.actor_inbox and not actor.actor_stopped.is_set():
+            if actor.actor_inbox and not actor.actor_stopped.is_set() and not actor._suspended:
                 actor._scheduled = True
                 ready.append(actor)
         if ready and not self._scheduled:
@@ -254,6 +254,7 @@ class LoopActor(pykka.Actor):
 
     _scheduled: bool
     _scheduler: Scheduler
+    _suspended = False  # set on an instance only once it suspends: no slot per actor
 
     def __init__(self, *_args: Any, **_kwargs: Any) -> None:
         # Not pykka.Actor.__init__: that makes a uuid and a threading.Event per actor.
@@ -302,12 +303,43 @@ class LoopActor(pykka.Actor):
         inbox = self.actor_inbox
         handled = 0
         while inbox and handled < limit and not self.actor_stopped.is_set():
+            if self._suspended:
+                return False
             self._handle_envelope(inbox.get())
             handled += 1
         if self.actor_stopped.is_set():
             self._teardown()
             return False
-        return bool(inbox)
+        return bool(inbox) and not self._suspended
+
+    # -- supervision on the loop -----------------------------------------------------------
+
+    def suspend(self) -> None:
+        """Handle nothing more until a supervisor evicts this actor: the message being handled
+        is the last, and what is in the inbox, or comes to it meanwhile, stays there in order."""
+        self._suspended = True
+
+    def evict(self) -> list[Any]:
+        """Stop at once and hand back the messages told but not handled, in order.
+
+        For a supervisor on the same loop, between this actor's turns: nothing is lost to a
+        stop message queued behind them, and nothing told after it is accepted. Asks still
+        waiting fail with `ActorDeadError`.
+        """
+        left: list[Any] = []
+        inbox = self.actor_inbox
+        while inbox:
+            envelope = inbox.get()
+            if envelope.reply_to is None:
+                left.append(envelope.message)
+            elif isinstance(envelope.message, messages._ActorStop):
+                envelope.reply_to.set(None)
+            else:
+                dead = ActorDeadError(f"{self.actor_ref} was evicted before handling the message")
+                envelope.reply_to.set_exception((ActorDeadError, dead, None))
+        if not self.actor_stopped.is_set():
+            self._stop()
+        return left
 
     def _handle_envelope(self, envelope: Envelope[Any]) -> None:
         try:
@@ -357,3 +389,11 @@ class LoopActor(pykka.Actor):
             exc_info=(exception_type, exception_value, traceback),
         )
         self.actor_stopped.set()
+
+
+def evict(ref: ActorRef[Any]) -> list[Any]:
+    """`LoopActor.evict` through the actor's ref, as a supervisor holds it."""
+    inbox = ref.actor_inbox
+    if not isinstance(inbox, LoopInbox):
+        raise TypeError(f"{ref} is not a loop actor")
+    return inbox._actor.evict()

@@ -15,7 +15,13 @@ from router.events import Replay
 from router.http_util import json_response, read_json, require_bearer
 from router.inbound import InputError, bad_request, row_id
 from router.public_api import ROUTER
-from router.records import SaveIntegrationState, apply_writes, get_delivery, insert_inbox
+from router.records import (
+    SaveIntegrationState,
+    apply_writes,
+    get_delivery,
+    insert_inbox,
+    revive_poisoned,
+)
 from router.urls import has_credentials, url_problem
 
 if TYPE_CHECKING:
@@ -33,6 +39,7 @@ def admin_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/admin/integrations/{id}", delete_integration)
     app.router.add_post("/v1/admin/integrations/{id}/verify", verify_integration)
     app.router.add_post("/v1/admin/dead-letters/{id}/replay", replay_dead_letter)
+    app.router.add_post("/v1/admin/poisoned-events/{id}/replay", replay_poisoned_event)
     app.router.add_post("/v1/admin/conversations/{id}/close-session", close_session)
 
 
@@ -252,6 +259,17 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
         raise unknown  # replayed by someone else meanwhile
     router.core.tell(ToConversation(delivery.conversation_id, Replay(delivery)))
     return json_response({"replayed": delivery_id}, status=202)
+
+
+async def replay_poisoned_event(request: web.Request) -> web.Response:
+    """Route a poisoned event again, as if it had just been accepted: pending on disk first."""
+    router = _admin(request)
+    inbox_id = row_id(request.match_info["id"], "a poisoned event id")
+    row = await router.store.write(lambda c: revive_poisoned(c, inbox_id))
+    if row is None:
+        raise InputError(404, "unknown_poisoned_event", f"no poisoned event {inbox_id}")
+    await router.replay_inbox(inbox_id, row["source"], row["source_id"], orjson.loads(row["body"]))
+    return json_response({"replayed": inbox_id}, status=202)
 
 
 async def close_session(request: web.Request) -> web.Response:

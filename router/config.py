@@ -48,6 +48,9 @@ class DeliveryConfig:
 @dataclass(frozen=True)
 class ConversationsConfig:
     max_live: int = 10_000
+    max_restarts: int = 3
+    restart_window_s: float = 10.0
+    restart_backoff_s: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     conversations_t = top.table("conversations")
     conversations = ConversationsConfig(
         max_live=conversations_t.integer("max_live", 10_000, minimum=1),
+        max_restarts=conversations_t.integer("max_restarts", 3, minimum=0, maximum=100),
+        restart_window_s=conversations_t.number("restart_window_s", 10.0),
+        restart_backoff_s=conversations_t.number("restart_backoff_s", 0.1),
     )
     conversations_t.done()
 

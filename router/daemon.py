@@ -13,13 +13,14 @@ from functools import partial
 from typing import Any
 
 import orjson
+import pykka
 import structlog
 from aiohttp import web
 
 from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.endpoint import EndpointActor
-from actors.messages import Reconfigure, Restore, ToConversation
+from actors.messages import Inspect, Reconfigure, Restore, ToConversation
 from router.admin_api import admin_routes
 from router.clock import Clock, SystemClock
 from router.config import Config, check_references
@@ -46,6 +47,7 @@ from router.records import (
     webhook_token,
 )
 from router.store import Store
+from router.supervision import RestartPolicy
 
 
 class StartError(Exception):
@@ -169,11 +171,17 @@ class Router:
                 max_parked_age=self.config.delivery.max_parked_age_s,
             )
 
+        conversations = self.config.conversations
         self.core = CoreActor.start(
             deps,
             self.edge,
-            self.config.conversations.max_live,
+            conversations.max_live,
             self.metrics.live_conversations.set,
+            RestartPolicy(
+                conversations.max_restarts,
+                conversations.restart_window_s,
+                conversations.restart_backoff_s,
+            ),
         )
         self.intake = Intake(self.config, self.store, self.core)
 
@@ -322,6 +330,18 @@ class Router:
 
     def ccsp_webhook_url(self, ccsp_id: str) -> str:
         return webhook_url(self.public_url, "ccsp", ccsp_id, self.ccsp_tokens[ccsp_id])
+
+    async def inspect(self, name: str) -> dict[str, Any]:
+        """An actor's live view (`core`, or an endpoint's key), asked on the loop; empty when
+        it is not running."""
+        ref = self.core if name == "core" else self.endpoints.get(name)
+        if ref is None:
+            return {}
+        try:
+            view: dict[str, Any] = await ref.ask(Inspect(), block=False)
+        except pykka.ActorDeadError:
+            return {}
+        return view
 
     def integration_view(self, integration: Integration, health: dict[str, Any]) -> dict[str, Any]:
         return {

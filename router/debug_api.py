@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,6 +19,7 @@ from router.records import (
     get_conversation,
     list_conversations,
     parked_counts,
+    poisoned_events,
 )
 
 if TYPE_CHECKING:
@@ -36,6 +38,8 @@ def debug_app(router: Router) -> web.Application:
     app.router.add_get("/debug/conversations", conversations)
     app.router.add_get("/debug/conversations/{conversation_id}", conversation)
     app.router.add_get("/debug/dead-letters", dead_letter_list)
+    app.router.add_get("/debug/poisoned-events", poisoned_event_list)
+    app.router.add_get("/debug/directory", directory)
     return app
 
 
@@ -110,11 +114,47 @@ async def integrations(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     health = await router.integrations.health()
     parked = await router.store.read(parked_counts)
+    views = []
+    for i in list(router.integrations.items.values()):
+        supervision = await router.inspect(f"bot:{i.id}")
+        views.append(
+            {
+                **router.integration_view(i, health.get(i.id, {})),
+                "parked": parked.get(i.id, 0),
+                "restarts": supervision.get("restarts", 0),
+                "poisoned_events": supervision.get("poisoned_events", 0),
+            }
+        )
+    return json_response(views)
+
+
+async def directory(request: web.Request) -> web.Response:
+    """The core's live view: resident, loading, retiring and restarting conversations."""
+    return json_response(await request.app[ROUTER].inspect("core"))
+
+
+async def poisoned_event_list(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    limit, cursor = _page(request)
+    after = row_id(cursor, "cursor") if cursor else 0
+    rows = await router.store.read(lambda c: poisoned_events(c, limit + 1, after))
+    page = rows[:limit]
     return json_response(
-        [
-            {**router.integration_view(i, health.get(i.id, {})), "parked": parked.get(i.id, 0)}
-            for i in router.integrations.items.values()
-        ]
+        {
+            "poisoned_events": [
+                {
+                    "inbox_id": r["inbox_id"],
+                    "source": r["source"],
+                    "source_id": r["source_id"],
+                    "conversation_id": r["conversation_id"],
+                    "error": r["error"],
+                    "received_at": iso_timestamp(r["received_at"]),
+                    "body": orjson.loads(r["body"]) if r["body"] is not None else None,
+                }
+                for r in page
+            ],
+            "next_cursor": str(page[-1]["inbox_id"]) if len(rows) > limit else None,
+        }
     )
 
 

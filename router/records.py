@@ -49,6 +49,16 @@ class InboxDone:
 
 
 @dataclass(frozen=True)
+class InboxPoisoned:
+    """An event its conversation crashed on past the restart intensity: set aside with the
+    error, body kept, until an operator replays it."""
+
+    inbox_id: int
+    conversation_id: str
+    error: str
+
+
+@dataclass(frozen=True)
 class SaveIntegrationState:
     integration_id: str
     state: str
@@ -62,6 +72,7 @@ Write = (
     | SaveSession
     | SaveOutbound
     | InboxDone
+    | InboxPoisoned
     | SaveIntegrationState
 )
 
@@ -124,6 +135,12 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                 )
                 conn.execute(
                     "DELETE FROM inbox WHERE inbox_id = ? AND source != 'channel'", (inbox_id,)
+                )
+            case InboxPoisoned(inbox_id=inbox_id, conversation_id=cid, error=error):
+                conn.execute(
+                    "UPDATE inbox SET status = 'poisoned', conversation_id = ?, error = ? "
+                    "WHERE inbox_id = ?",
+                    (cid, error, inbox_id),
                 )
             case SaveIntegrationState(integration_id=i, state=state, consecutive_failures=n):
                 conn.execute(
@@ -263,6 +280,29 @@ def dead_letters(conn: sqlite3.Connection, limit: int, after: int) -> list[Deliv
         (after, limit),
     ).fetchall()
     return [delivery_from_row(r) for r in rows]
+
+
+def poisoned_events(conn: sqlite3.Connection, limit: int, after: int) -> list[sqlite3.Row]:
+    rows: list[sqlite3.Row] = conn.execute(
+        "SELECT inbox_id, source, source_id, conversation_id, error, received_at, body "
+        "FROM inbox WHERE status = 'poisoned' AND inbox_id > ? ORDER BY inbox_id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return rows
+
+
+def revive_poisoned(conn: sqlite3.Connection, inbox_id: int) -> sqlite3.Row | None:
+    """Owed again: pending, so that a restart routes it too; None if it is not poisoned."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT inbox_id, source, source_id, body FROM inbox "
+        "WHERE inbox_id = ? AND status = 'poisoned'",
+        (inbox_id,),
+    ).fetchone()
+    if row is not None:
+        conn.execute(
+            "UPDATE inbox SET status = 'pending', error = NULL WHERE inbox_id = ?", (inbox_id,)
+        )
+    return row
 
 
 def max_delivery_id(conn: sqlite3.Connection) -> int:

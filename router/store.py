@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     UNIQUE (source, source_id, dedupe_key)
 );
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (status) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS inbox_poisoned ON inbox (inbox_id) WHERE status = 'poisoned';
 CREATE TABLE IF NOT EXISTS conversations (
     conversation_id TEXT PRIMARY KEY,
     conv_key TEXT NOT NULL,
@@ -98,6 +99,8 @@ CREATE TABLE IF NOT EXISTS webhook_tokens (
 ADDED_COLUMNS = (
     ("deliveries", "reason", "TEXT"),
     ("deliveries", "parked_at", "REAL"),
+    ("inbox", "conversation_id", "TEXT"),
+    ("inbox", "error", "TEXT"),
 )
 
 

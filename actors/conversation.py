@@ -6,7 +6,7 @@ writes first, and only once they are durable, the sends and timers that follow f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -109,17 +109,23 @@ class ConversationActor(RouterActor):
         self.conversation = conversation
         self.lanes = lanes
         self.deps = deps
-        self._initial = initial or []
+        self._initial: Sequence[LaneDecision] = initial or ()
         self.routed = 0  # events the core sent; retiring is safe only once all are handled
         self.declined = False  # answered Busy: say Idle once the work is done
         self._persist_new = persist_new
-        self.log = structlog.get_logger("router.conversation").bind(
-            conversation_id=conversation.conversation_id
+
+    @property
+    def log(self) -> Any:
+        """Made when something is logged, which is rare: not a bound logger per resident
+        conversation."""
+        return structlog.get_logger("router.conversation").bind(
+            conversation_id=self.conversation.conversation_id
         )
 
     def on_start(self) -> None:
         if self._initial or self._persist_new:
             step = Step(self.conversation, self.lanes, list(self._initial), self._persist_new)
+            self._initial = ()
             self._carry_out(step, was_open=True)
 
     def handle(self, message: Any) -> None:

@@ -17,7 +17,7 @@ def conversation_key(asset: str, user: str, service: str, target: str) -> str:
     return orjson.dumps([asset, user, service, target]).decode()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Conversation:
     conversation_id: str
     asset: str

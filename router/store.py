@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS webhook_tokens (
 );
 """
 
-# Columns added after a table was first created: (table, column, declaration).
+# Columns added after a table was first created, before the schema had a version:
+# (table, column, declaration).
 ADDED_COLUMNS = (
     ("deliveries", "reason", "TEXT"),
     ("deliveries", "parked_at", "REAL"),
@@ -104,13 +105,36 @@ ADDED_COLUMNS = (
 )
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a store written by an earlier version up to the current schema."""
+class StoreTooNew(sqlite3.DatabaseError):
+    """The file was written by a newer version of the router, whose schema this one does not
+    know: refusing it is safer than reading rows half-understood."""
+
+
+def _version_1(conn: sqlite3.Connection) -> None:
+    """The schema as first versioned; a store from before versions gains what it lacks."""
     conn.executescript(SCHEMA)
     for table, column, declaration in ADDED_COLUMNS:
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+# Migration N brings a store from `PRAGMA user_version` N-1 to N. Append, never edit.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_version_1,)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version up to the current schema, one numbered
+    step at a time, each recorded in `PRAGMA user_version` as it completes."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise StoreTooNew(
+            f"schema version {version} was written by a newer router; this one knows up to "
+            f"{len(MIGRATIONS)}"
+        )
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        step(conn)
+        conn.execute(f"PRAGMA user_version = {number}")
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -1,0 +1,72 @@
+"""The store's schema is versioned: an older file is migrated step by step, a newer one is
+refused with a clear message instead of being read half-understood."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from router.daemon import StartError
+from router.store import MIGRATIONS
+from tests.conftest import Peers, StartRouter, base_config
+
+# The tables as the first release wrote them: no schema version, fewer columns.
+UNVERSIONED = """
+CREATE TABLE inbox (
+    inbox_id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, source_id TEXT NOT NULL,
+    dedupe_key TEXT, body BLOB, status TEXT NOT NULL DEFAULT 'pending', received_at REAL NOT NULL,
+    UNIQUE (source, source_id, dedupe_key)
+);
+CREATE TABLE deliveries (
+    delivery_id INTEGER PRIMARY KEY, conversation_id TEXT NOT NULL, dest_kind TEXT NOT NULL,
+    dest_id TEXT NOT NULL, body BLOB NOT NULL, created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL, status TEXT NOT NULL, next_attempt_at REAL, last_error TEXT
+);
+INSERT INTO inbox (source, source_id, dedupe_key, body, status, received_at)
+VALUES ('channel', 'fb-page-1', 'k', NULL, 'done', 1.0);
+"""
+
+
+def columns(path: Path, table: str) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+async def test_a_new_store_starts_at_the_latest_version(
+    start_router: StartRouter, tmp_path: Path
+) -> None:
+    await start_router()
+    assert version(tmp_path / "router.db") == len(MIGRATIONS)
+
+
+async def test_an_unversioned_store_is_migrated_and_keeps_its_rows(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(UNVERSIONED)
+    daemon = await start_router(base_config(peers, path))
+    assert version(path) == len(MIGRATIONS)
+    assert {"reason", "parked_at"} <= columns(path, "deliveries")
+    assert {"conversation_id", "error"} <= columns(path, "inbox")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM inbox").fetchone()[0] == 1
+    status, _ = await daemon.customer("hi", "m1")
+    assert status == 202
+
+
+async def test_a_store_from_a_newer_router_is_refused(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    path = tmp_path / "new.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StartError, match="newer router"):
+        await start_router(base_config(peers, path))

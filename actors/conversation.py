@@ -60,7 +60,7 @@ class ConversationDeps:
 
     edge: Edge
     core: Ref
-    endpoints: dict[str, Ref]
+    endpoints: Mapping[str, Ref]
     clock: Clock
     delays: tuple[float, ...]
     next_delivery_id: Callable[[], int]

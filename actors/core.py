@@ -36,7 +36,7 @@ from actors.messages import (
     Supervised,
     ToConversation,
 )
-from actors.runtime import evict
+from actors.runtime import LoopActorRef, evict
 from router import lanes as lane_ops
 from router.effects import Edge, Load, Persist, Tell, TellAt
 from router.events import ConversationEvent
@@ -72,7 +72,8 @@ class CoreActor(RouterActor):
         self.edge = edge
         self.max_live = max_live
         self.on_live = on_live
-        self.live: OrderedDict[str, Any] = OrderedDict()  # id -> ref, least recently used first
+        # id -> ref, least recently used first
+        self.live: OrderedDict[str, LoopActorRef[ConversationActor]] = OrderedDict()
         self.keys: dict[str, str] = {}  # identity -> id, for running open conversations
         self.sent: dict[str, int] = {}  # events routed to each running actor
         self.retiring: dict[str, list[Routed]] = {}

@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Generator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 import pykka
 from pykka import ActorDeadError, ActorRef, messages
@@ -233,8 +233,12 @@ def _wake_waiter(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-class LoopActorRef(ActorRef[Any]):
-    """pykka's ref, whose `stop(block=False)` is a future a coroutine can await."""
+A = TypeVar("A", bound="LoopActor")
+
+
+class LoopActorRef(ActorRef[A]):
+    """pykka's ref, typed by its actor's class, whose `stop(block=False)` is a future a
+    coroutine can await."""
 
     def stop(self, block: bool = True, timeout: float | None = None) -> Any:
         if self.is_alive():
@@ -266,8 +270,12 @@ class LoopActor(pykka.Actor):
         self.actor_stopped = _Flag()  # type: ignore[assignment]
         self._actor_ref = LoopActorRef(self)
 
+    @property
+    def actor_ref(self) -> LoopActorRef[Self]:
+        return cast("LoopActorRef[Self]", self._actor_ref)
+
     @classmethod
-    def start(cls, *args: Any, **kwargs: Any) -> ActorRef[Any]:
+    def start(cls, *args: Any, **kwargs: Any) -> LoopActorRef[Self]:
         """Start without registering: a keyed directory finds actors, not the global
         `ActorRegistry` (a list, so removing one actor costs a scan of all)."""
         obj = cls(*args, **kwargs)

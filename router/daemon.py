@@ -20,6 +20,7 @@ from aiohttp import web
 from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.endpoint import EndpointActor
+from actors.runtime import LoopActorRef
 from actors.messages import Inspect, Reconfigure, Restore, ToConversation
 from router.admin_api import admin_routes
 from router.clock import Clock, SystemClock
@@ -63,8 +64,8 @@ class Router:
         self.edge = IoEdge(self.store, self.clock, config.delivery.timeout_s, self.metrics)
         self.integrations = Integrations(self.store)
         self.ccsp_tokens: dict[str, str] = {}
-        self.endpoints: dict[str, Any] = {}
-        self.core: Any = None
+        self.endpoints: dict[str, LoopActorRef[EndpointActor]] = {}
+        self._core: LoopActorRef[CoreActor] | None = None
         self.intake: Intake | None = None
         self.public_url = config.server.public_url or ""
         self.public_runner: web.AppRunner | None = None
@@ -73,6 +74,13 @@ class Router:
         self.debug_port = 0
         self.stopped = False
         self.log = structlog.get_logger("router.daemon")
+
+    @property
+    def core(self) -> LoopActorRef[CoreActor]:
+        """The directory of conversations; there is none before the actors start."""
+        if self._core is None:
+            raise RuntimeError("the router's actors have not started")
+        return self._core
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -172,7 +180,7 @@ class Router:
             )
 
         conversations = self.config.conversations
-        self.core = CoreActor.start(
+        self._core = CoreActor.start(
             deps,
             self.edge,
             conversations.max_live,
@@ -213,12 +221,12 @@ class Router:
         # Timers first, then conversations (through the core), then the endpoints they send
         # to: a conversation never finds its endpoint gone while it is still running.
         self.edge.quiesce()
-        core, endpoints = self.core, list(self.endpoints.values())
+        core, endpoints = self._core, list(self.endpoints.values())
         if core is not None:
             await core.stop(block=False)
         for ref in endpoints:
             await ref.stop(block=False)
-        self.core = None
+        self._core = None
         self.endpoints.clear()
 
     async def restore(self) -> None:
@@ -334,7 +342,9 @@ class Router:
     async def inspect(self, name: str) -> dict[str, Any]:
         """An actor's live view (`core`, or an endpoint's key), asked on the loop; empty when
         it is not running."""
-        ref = self.core if name == "core" else self.endpoints.get(name)
+        ref: LoopActorRef[Any] | None = (
+            self._core if name == "core" else self.endpoints.get(name)
+        )
         if ref is None:
             return {}
         try:

@@ -39,5 +39,6 @@ async def test_ten_thousand_conversations_add_no_thread(
         return bool(items[0]["parked"] == CONVERSATIONS)
 
     await daemon.until(all_parked, timeout=60)
-    assert len(daemon.router.core._actor_weakref().live) == CONVERSATIONS
+    _, directory = await daemon.get_debug("/debug/directory")
+    assert directory["resident"] == CONVERSATIONS
     assert threading.active_count() == before

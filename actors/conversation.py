@@ -15,16 +15,13 @@ import structlog
 from actors.base import RouterActor
 from actors.messages import (
     Bounced,
-    Busy,
     ConversationClosed,
     Crashed,
     Dispatch,
     Flush,
     Flushed,
     Idle,
-    MayRetire,
     Resume,
-    Retired,
     RouteChannel,
     ToConversation,
 )
@@ -110,8 +107,7 @@ class ConversationActor(RouterActor):
         self.lanes = lanes
         self.deps = deps
         self._initial: Sequence[LaneDecision] = initial or ()
-        self.routed = 0  # events the core sent; retiring is safe only once all are handled
-        self.declined = False  # answered Busy: say Idle once the work is done
+        self.owes_idle = False  # could not retire when asked: tell the core once idle
         self._persist_new = persist_new
 
     @property
@@ -129,20 +125,30 @@ class ConversationActor(RouterActor):
             self._carry_out(step, was_open=True)
 
     def handle(self, message: Any) -> None:
-        if isinstance(message, MayRetire):
-            self._may_retire(message.routed)
-            return
-        if isinstance(message, ROUTED):
-            self.routed += 1
         if isinstance(message, Flush):
             self.deps.core.tell(Flushed(self.conversation.conversation_id))
-            return
-        if isinstance(message, Resume):
-            return
-        try:
-            self._step(message)
-        except Exception as exc:
-            self._crash(message, exc)
+        elif not isinstance(message, Resume):
+            try:
+                self._step(message)
+            except Exception as exc:
+                self._crash(message, exc)
+        if self.owes_idle and self.try_retire():
+            self.owes_idle = False
+            self.deps.core.tell(Idle(self.conversation.conversation_id))
+
+    def try_retire(self) -> bool:
+        """Whether this actor may leave memory now: asked by the core on the loop, between
+        this actor's turns, so the answer cannot go stale before the core acts on it.
+
+        Not while mail waits for it, nor while an attempt is out (its outcome comes to this
+        actor); waiting and parked lanes are on disk and resume when it is loaded again.
+        Told no, the core waits for `Idle`.
+        """
+        busy = any(lane.phase == "in_flight" for lane in self.lanes.values())
+        if self.actor_inbox or busy or self._suspended:
+            self.owes_idle = not self._suspended
+            return False
+        return True
 
     def _step(self, message: Any) -> None:
         if isinstance(message, RouteChannel):
@@ -214,24 +220,6 @@ class ConversationActor(RouterActor):
             self.deps.edge.submit(Persist(tuple(writes), tuple(then)))
         if was_open and step.conversation.status == "closed":
             self.deps.core.tell(ConversationClosed(cid, step.conversation.key))
-        elif self.declined and not self._busy():
-            self.declined = False
-            self.deps.core.tell(Idle(cid))
-
-    def _may_retire(self, routed: int) -> None:
-        cid = self.conversation.conversation_id
-        if routed != self.routed or self._busy():
-            self.declined = True
-            self.deps.core.tell(Busy(cid))
-            return
-        # Told only once every write before it is durable, so a reload sees this state.
-        self.deps.edge.submit(Persist((), (Tell(self.deps.core, Retired(cid)),)))
-        self.stop()
-
-    def _busy(self) -> bool:
-        """An attempt is out: its outcome comes to this actor, so it may not retire yet.
-        Waiting and parked lanes are on disk and resume when the conversation is loaded."""
-        return any(lane.phase == "in_flight" for lane in self.lanes.values())
 
     def _send(self, delivery: Any) -> Tell:
         endpoint = self.deps.endpoints.get(delivery.dest.key)

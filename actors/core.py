@@ -8,6 +8,7 @@ event, and events that arrive meanwhile wait, in order, for it.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from actors.base import RouterActor, tell
 from actors.conversation import ROUTED, ConversationActor, ConversationDeps
 from actors.messages import (
     Bounced,
-    Busy,
     ConversationClosed,
     Crashed,
     Flush,
@@ -27,7 +27,6 @@ from actors.messages import (
     Idle,
     Inspect,
     Loaded,
-    MayRetire,
     Restart,
     Restore,
     Resume,
@@ -36,7 +35,7 @@ from actors.messages import (
     Supervised,
     ToConversation,
 )
-from actors.runtime import LoopActorRef, evict
+from actors.runtime import LoopActorRef, actor_of, evict
 from router import lanes as lane_ops
 from router.effects import Edge, Load, Persist, Tell, TellAt
 from router.events import ConversationEvent
@@ -75,12 +74,11 @@ class CoreActor(RouterActor):
         # id -> ref, least recently used first
         self.live: OrderedDict[str, LoopActorRef[ConversationActor]] = OrderedDict()
         self.keys: dict[str, str] = {}  # identity -> id, for running open conversations
-        self.sent: dict[str, int] = {}  # events routed to each running actor
         self.retiring: dict[str, list[Routed]] = {}
         self.stale: set[str] = set()  # loads to repeat: issued before a Retired arrived
         self.arrivals = 0  # orders events that wait on different loads
         self.closing: dict[str, _Closing] = {}
-        self.busy: set[str] = set()  # said Busy; asked again once it says Idle
+        self.busy: set[str] = set()  # could not retire; asked again once it says Idle
         self.closed: set[str] = set()  # running, closed, to stop once idle
         self.loading: dict[str, list[tuple[int, Routed]]] = {}
         self.policy = restarts or RestartPolicy()
@@ -158,13 +156,6 @@ class CoreActor(RouterActor):
                 if cid in self.closed:
                     self._ask_to_retire(cid)
                 self._evict()
-            case Busy(conversation_id=cid):
-                self.busy.add(cid)  # not asked again until it says Idle
-                held = self.retiring.pop(cid, [])
-                if cid in self.live:
-                    self.live.move_to_end(cid)
-                for item in held:
-                    self._deliver(cid, item)
             case Retired(conversation_id=cid):
                 self._forget(cid)
                 # A read already under way may predate the retired actor's last write.
@@ -194,7 +185,6 @@ class CoreActor(RouterActor):
             self._load(f"id:{cid}", event)
             return
         self.live.move_to_end(cid)
-        self.sent[cid] += 1
         if not tell(ref, event):  # stopped under us: start it again from the store
             self._forget(cid)
             self._load(f"id:{cid}", event)
@@ -266,7 +256,6 @@ class CoreActor(RouterActor):
 
     def _forget(self, cid: str) -> None:
         self.live.pop(cid, None)
-        self.sent.pop(cid, None)
         self.closed.discard(cid)
         self.busy.discard(cid)
         for key in [k for k, v in self.keys.items() if v == cid]:
@@ -386,7 +375,6 @@ class CoreActor(RouterActor):
         self.live[cid] = ConversationActor.start(
             conversation, lanes, self.deps, initial=decisions, persist_new=persist
         )
-        self.sent[cid] = 0
         if conversation.status == "open":
             self.keys[conversation.key] = cid
         self._evict()
@@ -394,7 +382,9 @@ class CoreActor(RouterActor):
 
     def _evict(self) -> None:
         excess = len(self.live) - len(self.retiring) - self.max_live
-        for cid in list(self.live):
+        if excess <= 0:
+            return
+        for cid in list(itertools.islice(self.live, excess + len(self.busy) + len(self.retiring))):
             if excess <= 0:
                 return
             if cid not in self.retiring and cid not in self.busy:
@@ -402,11 +392,18 @@ class CoreActor(RouterActor):
                 excess -= 1
 
     def _ask_to_retire(self, cid: str) -> None:
+        """A plain decision on the loop: the actor says whether it is idle, and if so leaves
+        memory at once. Its events that come meanwhile wait until its last writes are
+        durable, so that loading it again reads what it wrote."""
         ref = self.live.get(cid)
         if ref is None or cid in self.retiring:
             return
+        if not actor_of(ref).try_retire():
+            self.busy.add(cid)
+            return
+        evict(ref)  # its inbox is empty: nothing comes back
         self.retiring[cid] = []
-        ref.tell(MayRetire(self.sent[cid]))
+        self.edge.submit(Persist((), (Tell(self.actor_ref, Retired(cid)),)))
 
 
 def restore_lanes(

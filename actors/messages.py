@@ -76,22 +76,9 @@ class ConversationClosed:
 
 
 @dataclass(frozen=True)
-class MayRetire:
-    """The core asks an idle conversation actor to stop; `routed` is what the core has sent it."""
-
-    routed: int
-
-
-@dataclass(frozen=True)
 class Retired:
-    """The actor stopped with nothing owed; sent once its last write is durable."""
-
-    conversation_id: str
-
-
-@dataclass(frozen=True)
-class Busy:
-    """The actor has work (deliveries owed, or events the core sent that it has not seen)."""
+    """The core let an idle conversation actor go; told once its last write is durable, so
+    that loading it again reads what it wrote."""
 
     conversation_id: str
 
@@ -115,7 +102,7 @@ class Flushed:
 
 @dataclass(frozen=True)
 class Idle:
-    """An actor that answered Busy has since finished its work."""
+    """A conversation actor that could not retire when the core asked is idle now."""
 
     conversation_id: str
 

@@ -399,9 +399,16 @@ class LoopActor(pykka.Actor):
         self.actor_stopped.set()
 
 
-def evict(ref: ActorRef[Any]) -> list[Any]:
-    """`LoopActor.evict` through the actor's ref, as a supervisor holds it."""
+def actor_of(ref: LoopActorRef[A]) -> A:
+    """The actor behind a ref, for its supervisor on the same loop: between the actor's
+    turns, a synchronous call to it is a decision nothing can overtake."""
     inbox = ref.actor_inbox
     if not isinstance(inbox, LoopInbox):
         raise TypeError(f"{ref} is not a loop actor")
-    return inbox._actor.evict()
+    return cast(A, inbox._actor)
+
+
+def evict(ref: LoopActorRef[Any]) -> list[Any]:
+    """`LoopActor.evict` through the actor's ref, as a supervisor holds it."""
+    actor: LoopActor = actor_of(ref)
+    return actor.evict()

@@ -20,8 +20,8 @@ from aiohttp import web
 from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.endpoint import EndpointActor
-from actors.runtime import LoopActorRef
 from actors.messages import Inspect, Reconfigure, Restore, ToConversation
+from actors.runtime import LoopActorRef
 from router.admin_api import admin_routes
 from router.clock import Clock, SystemClock
 from router.config import Config, check_references
@@ -342,9 +342,7 @@ class Router:
     async def inspect(self, name: str) -> dict[str, Any]:
         """An actor's live view (`core`, or an endpoint's key), asked on the loop; empty when
         it is not running."""
-        ref: LoopActorRef[Any] | None = (
-            self._core if name == "core" else self.endpoints.get(name)
-        )
+        ref: LoopActorRef[Any] | None = self._core if name == "core" else self.endpoints.get(name)
         if ref is None:
             return {}
         try:

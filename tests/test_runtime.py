@@ -10,7 +10,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.runtime import LoopActor, LoopFuture, Scheduler
+from actors.runtime import LoopActor, LoopFuture, Scheduler, actor_of, evict
 
 
 class Recorder(LoopActor):
@@ -151,3 +151,37 @@ async def test_start_off_the_loop_is_refused() -> None:
 
     with pytest.raises(RuntimeError, match="asyncio loop"):
         await asyncio.get_running_loop().run_in_executor(None, off_loop)
+
+
+async def test_a_suspended_actor_keeps_its_mail_for_the_supervisor_that_evicts_it() -> None:
+    log: list[Any] = []
+
+    class Suspending(Recorder):
+        def on_receive(self, message: Any) -> Any:
+            if message == "crash":
+                self.suspend()  # handles nothing more; what follows stays in the inbox
+            return super().on_receive(message)
+
+    ref = Suspending.start("s", log)
+    for message in ("one", "crash", "two", "three"):
+        ref.tell(message)
+    waiting = ref.ask("asked", block=False)
+    await drained(lambda: ("s", "crash") in log)
+    ref.tell("four")  # told while suspended: kept too
+    await asyncio.sleep(0)
+    assert log == [("s", "start"), ("s", "one"), ("s", "crash")]
+    assert evict(ref) == ["two", "three", "four"]
+    assert log[-1] == ("s", "stop")
+    assert not ref.is_alive()
+    with pytest.raises(pykka.ActorDeadError):
+        await waiting
+    with pytest.raises(pykka.ActorDeadError):
+        ref.tell("five")
+
+
+async def test_a_supervisor_reaches_the_actor_behind_a_ref_on_the_loop() -> None:
+    ref = Recorder.start("a")
+    actor = actor_of(ref)
+    assert isinstance(actor, Recorder) and actor.name == "a"
+    assert evict(ref) == []
+    assert not ref.is_alive()

@@ -7,7 +7,7 @@ writes first, and only once they are durable, the sends and timers that follow f
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
 import structlog
@@ -24,11 +24,13 @@ from actors.messages import (
     Resume,
     RouteChannel,
     ToConversation,
+    TranscriptRead,
 )
 from router.clock import Clock
 from router.conversation import handle
-from router.effects import Edge, Persist, Ref, Tell, TellAt
+from router.effects import Edge, Persist, ReadTranscript, Ref, Tell, TellAt
 from router.events import (
+    BotHandover,
     DeliveryOutcome,
     HandoverDeadline,
     InboundEvent,
@@ -39,6 +41,7 @@ from router.events import (
 )
 from router.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
 from router.records import (
+    AppendTranscript,
     InboxDone,
     RemoveDelivery,
     SaveConversation,
@@ -124,17 +127,50 @@ class ConversationActor(RouterActor):
             self._initial = ()
             self._carry_out(step, was_open=True)
 
+    # A Handover waiting for the transcript, and what came after it. Class defaults: an
+    # actor holds these only while it waits.
+    _handover: BotHandover | None = None
+    _stash: tuple[Any, ...] = ()
+
     def handle(self, message: Any) -> None:
+        if self._handover is not None:
+            if not isinstance(message, TranscriptRead):
+                self._stash = (*self._stash, message)
+                return
+            handover = replace(self._handover, transcript=message.entries)
+            stash = self._stash
+            del self._handover, self._stash
+            self._one(handover)
+            for index, later in enumerate(stash):
+                if self._handover is not None:  # another Handover waits: the rest wait too
+                    self._stash = (*self._stash, *stash[index:])
+                    break
+                self._one(later)
+        else:
+            self._one(message)
+        if self.owes_idle and self.try_retire():
+            self.owes_idle = False
+            self.deps.core.tell(Idle(self.conversation.conversation_id))
+
+    def unhandled(self) -> list[Any]:
+        """What this actor took from its inbox but has not handled: a Handover waiting for
+        its transcript and what came after it. Its supervisor takes them on a crash."""
+        return [] if self._handover is None else [self._handover, *self._stash]
+
+    def _one(self, message: Any) -> None:
         if isinstance(message, Flush):
             self.deps.core.tell(Flushed(self.conversation.conversation_id))
-        elif not isinstance(message, Resume):
+        elif isinstance(message, BotHandover) and message.transcript is None:
+            # The transcript is on disk, behind this conversation's own queued writes.
+            self._handover = message
+            self._stash = ()
+            cid = self.conversation.conversation_id
+            self.deps.edge.submit(ReadTranscript(cid, self.actor_ref))
+        elif not isinstance(message, Resume | TranscriptRead):
             try:
                 self._step(message)
             except Exception as exc:
                 self._crash(message, exc)
-        if self.owes_idle and self.try_retire():
-            self.owes_idle = False
-            self.deps.core.tell(Idle(self.conversation.conversation_id))
 
     def try_retire(self) -> bool:
         """Whether this actor may leave memory now: asked by the core on the loop, between
@@ -144,7 +180,9 @@ class ConversationActor(RouterActor):
         actor); waiting and parked lanes are on disk and resume when it is loaded again.
         Told no, the core waits for `Idle`.
         """
-        busy = any(lane.phase == "in_flight" for lane in self.lanes.values())
+        busy = self._handover is not None or any(
+            lane.phase == "in_flight" for lane in self.lanes.values()
+        )
         if self.actor_inbox or busy or self._suspended:
             self.owes_idle = not self._suspended
             return False
@@ -188,6 +226,7 @@ class ConversationActor(RouterActor):
                     ccsp_conversation_id=session.ccsp_conversation_id,
                     status=session.status,
                 )
+        writes.extend(AppendTranscript(cid, entry) for entry in step.transcript)
         then: list[Tell | TellAt] = [
             TellAt(w.at, self.deps.core, ToConversation(cid, w.event)) for w in step.wake
         ]

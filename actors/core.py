@@ -196,7 +196,10 @@ class CoreActor(RouterActor):
         store after a backoff; past the restart intensity, set the failing event aside."""
         cid = message.conversation_id
         ref = self.live.get(cid)
-        left = [m for m in evict(ref) if isinstance(m, ROUTED)] if ref is not None else []
+        left: list[Any] = []
+        if ref is not None:
+            left = [*actor_of(ref).unhandled(), *evict(ref)]
+        left = [m for m in left if isinstance(m, ROUTED)]
         left += self.retiring.pop(cid, [])
         key = next((k for k, v in self.keys.items() if v == cid), None)
         self._forget(cid)

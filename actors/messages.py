@@ -153,3 +153,10 @@ class Supervised:
 @dataclass(frozen=True)
 class Inspect:
     """Asked by the debug port: the answer is a JSON-ready view of the actor's live state."""
+
+
+@dataclass(frozen=True)
+class TranscriptRead:
+    """A conversation's last messages, oldest first, as the store had them."""
+
+    entries: tuple[dict[str, Any], ...]

@@ -126,32 +126,45 @@ class Scheduler:
 
 
 class LoopInbox:
-    """A deque that wakes its actor when mail arrives; pykka's `ActorInbox` protocol."""
+    """A deque that wakes its actor when mail arrives; pykka's `ActorInbox` protocol.
+
+    The deque exists only while mail waits: an empty one costs some 600 bytes, and most
+    of a million resident actors have none.
+    """
 
     __slots__ = ("_actor", "_queue")
 
     def __init__(self, actor: LoopActor) -> None:
-        self._queue: deque[Envelope[Any]] = deque()
+        self._queue: deque[Envelope[Any]] | None = None
         self._actor = actor
 
     def put(self, envelope: Envelope[Any], /) -> None:
-        self._queue.append(envelope)
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(envelope)
         actor = self._actor
         if not actor._scheduled:
             actor._scheduled = True
             actor._scheduler.wake(actor)
 
     def get(self) -> Envelope[Any]:
-        return self._queue.popleft()
+        queue = self._queue
+        if queue is None:
+            raise IndexError("get from an empty inbox")
+        envelope = queue.popleft()
+        if not queue:
+            self._queue = None
+        return envelope
 
     def empty(self) -> bool:
-        return not self._queue
+        return self._queue is None
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return 0 if self._queue is None else len(self._queue)
 
     def __bool__(self) -> bool:
-        return bool(self._queue)
+        return self._queue is not None
 
 
 class LoopFuture(pykka.Future[Any]):

@@ -20,6 +20,7 @@ from router.records import (
     list_conversations,
     parked_counts,
     poisoned_events,
+    transcript,
 )
 
 if TYPE_CHECKING:
@@ -178,10 +179,11 @@ async def conversation(request: web.Request) -> web.Response:
     if found is None:
         raise InputError(404, "unknown_conversation", f"no conversation {cid!r}")
     deliveries = await router.store.read(lambda c: conversation_deliveries(c, cid))
+    messages = await router.store.read(lambda c: transcript(c, cid))
     return json_response(
         {
             **conversation_view(found),
-            "transcript": list(found.transcript),
+            "transcript": list(messages),
             "deliveries": [delivery_view(d) for d in deliveries if d.status != "dead"],
             "dead_letters": [delivery_view(d) for d in deliveries if d.status == "dead"],
         }

@@ -20,9 +20,9 @@ import orjson
 import pykka
 import structlog
 
-from actors.messages import AttemptResult, Loaded
+from actors.messages import AttemptResult, Loaded, TranscriptRead
 from router.clock import Clock, Timer
-from router.effects import Attempt, Effect, Load, Persist, Tell, TellAt
+from router.effects import Attempt, Effect, Load, Persist, ReadTranscript, Ref, Tell, TellAt
 from router.metrics import Metrics
 from router.records import (
     Write,
@@ -30,6 +30,7 @@ from router.records import (
     conversation_deliveries,
     get_conversation,
     open_conversation,
+    transcript,
 )
 from router.store import Store
 
@@ -112,6 +113,10 @@ class IoEdge:
                 self._spawn(self._attempt(effect))
             case Load():
                 self._spawn(self._load(effect))
+            case ReadTranscript(conversation_id=cid, reply_to=reply_to):
+                # Through the writer: it sees every message the conversation wrote before.
+                read = self.store.write(lambda conn: transcript(conn, cid))
+                read.add_done_callback(lambda done: self._transcript_read(done, reply_to))
             case Tell() | TellAt():
                 self._tell(effect)
 
@@ -146,6 +151,18 @@ class IoEdge:
             return
         for item in then:
             self._tell(item)
+
+    def _transcript_read(
+        self, done: asyncio.Future[tuple[dict[str, Any], ...]], reply_to: Ref
+    ) -> None:
+        if done.cancelled() or self._closing:
+            return
+        error = done.exception()
+        if error is not None:
+            self._fence("store_read_failed", str(error))  # the handover waits for a restart
+            return
+        with contextlib.suppress(pykka.ActorDeadError):
+            reply_to.tell(TranscriptRead(done.result()))
 
     def _tell(self, item: Tell | TellAt) -> None:
         if isinstance(item, TellAt):

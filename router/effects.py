@@ -58,7 +58,16 @@ class Load:
     reply_to: Ref
 
 
-Effect = Persist | Attempt | Tell | TellAt | Load
+@dataclass(frozen=True)
+class ReadTranscript:
+    """Read a conversation's last messages, behind every write queued before this; the
+    answer goes back to `reply_to` as TranscriptRead."""
+
+    conversation_id: str
+    reply_to: Ref
+
+
+Effect = Persist | Attempt | Tell | TellAt | Load | ReadTranscript
 
 
 class Edge(Protocol):

@@ -29,6 +29,9 @@ class BotHandover:
     inbox_id: int
     custom: dict[str, Any] = field(hash=False)
     flows: tuple[str, ...] = ()
+    # The conversation's last messages, read from the store by its actor before this event
+    # reaches the state machine; None until then.
+    transcript: tuple[dict[str, Any], ...] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)

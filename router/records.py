@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from router.model import Delivery, Destination
-from router.state import CcspSession, Conversation
+from router.state import TRANSCRIPT_LENGTH, CcspSession, Conversation
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ class InboxDone:
 
 
 @dataclass(frozen=True)
+class AppendTranscript:
+    """A message for the conversation's transcript; only the last TRANSCRIPT_LENGTH stay."""
+
+    conversation_id: str
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class InboxPoisoned:
     """An event its conversation crashed on past the restart intensity: set aside with the
     error, body kept, until an operator replays it."""
@@ -73,6 +82,7 @@ Write = (
     | SaveOutbound
     | InboxDone
     | InboxPoisoned
+    | AppendTranscript
     | SaveIntegrationState
 )
 
@@ -136,6 +146,12 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                 conn.execute(
                     "DELETE FROM inbox WHERE inbox_id = ? AND source != 'channel'", (inbox_id,)
                 )
+            case AppendTranscript(conversation_id=cid, entry=entry):
+                conn.execute(
+                    "INSERT INTO transcript (conversation_id, entry) VALUES (?, ?)",
+                    (cid, orjson.dumps(entry)),
+                )
+                conn.execute(_PRUNE_TRANSCRIPT, (cid, cid, TRANSCRIPT_LENGTH))
             case InboxPoisoned(inbox_id=inbox_id, conversation_id=cid, error=error):
                 conn.execute(
                     "UPDATE inbox SET status = 'poisoned', conversation_id = ?, error = ? "
@@ -147,6 +163,24 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                     "UPDATE integrations SET state = ?, consecutive_failures = ? WHERE id = ?",
                     (state, n, i),
                 )
+
+
+# Everything of the conversation's transcript older than its last `?3` entries.
+_PRUNE_TRANSCRIPT = (
+    "DELETE FROM transcript WHERE conversation_id = ?1 AND seq < ("
+    "SELECT min(seq) FROM (SELECT seq FROM transcript WHERE conversation_id = ?2 "
+    "ORDER BY seq DESC LIMIT ?3))"
+)
+
+
+def transcript(conn: sqlite3.Connection, conversation_id: str) -> tuple[dict[str, Any], ...]:
+    """The conversation's last messages, oldest first."""
+    rows = conn.execute(
+        "SELECT entry FROM (SELECT seq, entry FROM transcript WHERE conversation_id = ? "
+        "ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+        (conversation_id, TRANSCRIPT_LENGTH),
+    ).fetchall()
+    return tuple(orjson.loads(row[0]) for row in rows)
 
 
 def insert_inbox(

@@ -27,7 +27,7 @@ def open_session(step: Step, event: BotHandover, ctx: Context) -> None:
             bot_conversation_id=conv.conversation_id,
             channel=conv.channel,
             user=conv.user,
-            transcript=list(conv.transcript),
+            transcript=list(event.transcript or ()),
             custom=event.custom,
             now=ctx.now,
         )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
 Mode = Literal["flow", "bot", "bot_ccsp"]
+# A Handover carries the last this many messages. They are kept on disk, not with the
+# conversation: only a handover reads them.
 TRANSCRIPT_LENGTH = 20
 
 
@@ -32,7 +34,6 @@ class Conversation:
     status: Literal["open", "closed"] = "open"
     route: Literal["bot", "ccsp", "flow"] = "bot"
     ccsp_conversation_id: str | None = None
-    transcript: tuple[dict[str, Any], ...] = field(default=(), hash=False)
     closed_at: float | None = None
     # The agent session in progress: its Handover until the CCSP answers it, when it was
     # last used by either side, and the customer messages it was sent.
@@ -50,22 +51,18 @@ class Conversation:
         """Plain data for the store. Field by field: `dataclasses.asdict` deep-copies every
         value, and this runs on every step."""
         data = {name: getattr(self, name) for name in _FIELDS}
-        data["transcript"] = list(self.transcript)
         data["session_messages"] = list(self.session_messages)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Conversation:
-        return cls(
-            **{
-                **data,
-                "transcript": tuple(data.get("transcript", ())),
-                "session_messages": tuple(data.get("session_messages", ())),
-            }
-        )
+        # A state stored before transcripts had rows of their own may still carry one.
+        known = {k: v for k, v in data.items() if k in _NAMES}
+        return cls(**{**known, "session_messages": tuple(data.get("session_messages", ()))})
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Conversation))
+_NAMES = frozenset(_FIELDS)
 
 
 SessionStatus = Literal["open", "closed", "abandoned"]

@@ -15,7 +15,7 @@ from router.clock import platform_timestamp
 from router.events import ConversationEvent
 from router.lanes import Lane, LaneDecision, Send
 from router.model import Delivery, Destination
-from router.state import TRANSCRIPT_LENGTH, CcspSession, Conversation
+from router.state import CcspSession, Conversation
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Step:
     rejected: str | None = None  # why an accepted event was not acted on
     wake: list[WakeAt] = field(default_factory=list)
     outbound: list[tuple[str, str]] = field(default_factory=list)  # (asset, Messageid)
+    transcript: list[dict[str, Any]] = field(default_factory=list)  # entries to append
 
     def deliver(self, ctx: Context, dest: Destination, body: dict[str, Any]) -> Delivery:
         delivery = Delivery(
@@ -105,4 +106,4 @@ class Step:
             "MessageType": fields.get("MessageType"),
             "Timestamp": platform_timestamp(now),
         }
-        self.update(transcript=(*self.conversation.transcript, entry)[-TRANSCRIPT_LENGTH:])
+        self.transcript.append(entry)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 
 T = TypeVar("T")
@@ -112,15 +113,34 @@ class StoreTooNew(sqlite3.DatabaseError):
 
 def _version_1(conn: sqlite3.Connection) -> None:
     """The schema as first versioned; a store from before versions gains what it lacks."""
-    conn.executescript(SCHEMA)
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
     for table, column, declaration in ADDED_COLUMNS:
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
+def _version_2(conn: sqlite3.Connection) -> None:
+    """Transcripts move out of the conversation's state into rows of their own, so that a
+    resident conversation does not carry them and a message does not rewrite them."""
+    conn.execute(
+        "CREATE TABLE transcript (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "conversation_id TEXT NOT NULL, entry BLOB NOT NULL)"
+    )
+    conn.execute("CREATE INDEX transcript_conversation ON transcript (conversation_id, seq)")
+    rows = conn.execute("SELECT conversation_id, state FROM conversations").fetchall()
+    for cid, state in rows:
+        for entry in orjson.loads(state).get("transcript", ()):
+            conn.execute(
+                "INSERT INTO transcript (conversation_id, entry) VALUES (?, ?)",
+                (cid, orjson.dumps(entry)),
+            )
+
+
 # Migration N brings a store from `PRAGMA user_version` N-1 to N. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_version_1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_version_1, _version_2)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -133,8 +153,16 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"{len(MIGRATIONS)}"
         )
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-        step(conn)
-        conn.execute(f"PRAGMA user_version = {number}")
+        # One transaction per step, its version number included: a crash leaves the store
+        # at the step before or the step after, never between.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            step(conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -149,10 +149,11 @@ def test_customer_message_in_bot_ccsp_mode_before_handover_goes_to_bot_only() ->
 
 def test_customer_message_is_remembered_in_transcript() -> None:
     step = handle(conversation("bot"), {}, message("hello"), make_ctx())
-    assert step.changed
-    assert step.conversation.transcript == (
+    # The transcript is appended on disk: the conversation itself is unchanged.
+    assert not step.changed
+    assert step.transcript == [
         {"From": "customer", "Message": "hello", "MessageType": "text", "Timestamp": STAMP},
-    )
+    ]
 
 
 def test_fb_postback_shape() -> None:
@@ -169,7 +170,7 @@ def test_fb_postback_shape() -> None:
         "Event": "FB POSTBACK",
         "Timestamp": STAMP,
     }
-    assert step.conversation.transcript == ()
+    assert step.transcript == []
     assert step.inbox_done == 3
 
 
@@ -189,7 +190,7 @@ def test_message_delivery_shape() -> None:
         "Event": "Message Delivery",
         "Timestamp": STAMP,
     }
-    assert step.conversation.transcript == ()
+    assert step.transcript == []
     failed = CustomerEvent(5, "Message Delivery", "out-1", {"DeliveryStatus": "Failed"})
     [sent] = sends(handle(conversation("bot"), {}, failed, make_ctx()))
     assert (sent.body["DeliveryStatus"], sent.body["Description"]) == ("Failed", "")
@@ -221,17 +222,19 @@ def test_bot_reply_goes_to_channel() -> None:
         "customparam1": "a",
     }
     assert step.outbound == [("fb-page-1", "r-1")]
-    assert step.conversation.transcript[-1]["From"] == "bot"
+    assert step.transcript[-1]["From"] == "bot"
     assert step.inbox_done == 5
 
 
 def test_handover_opens_ccsp_session() -> None:
     ctx = make_ctx()
-    conv, lanes, _ = run(
+    conv, lanes, steps = run(
         conversation(), {}, [message("hi"), BotReply(2, agent_fields("how can I help"))], ctx
     )
     custom = {"Skill": "billing", "Priority": 2}
-    step = handle(conv, lanes, BotHandover(3, custom), ctx)
+    # The actor reads the transcript from the store and hands it over with the event.
+    said = tuple(entry for step in steps for entry in step.transcript)
+    step = handle(conv, lanes, BotHandover(3, custom, transcript=said), ctx)
     ccsp_id = step.conversation.ccsp_conversation_id
     assert ccsp_id is not None
     assert ccsp_id != conv.conversation_id
@@ -335,7 +338,7 @@ def test_agent_message_goes_to_channel_and_copy_to_bot() -> None:
         "Timestamp": STAMP,
     }
     assert [d.dest for d in sends(step)] == [CHANNEL]
-    assert step.conversation.transcript[-1]["From"] == "agent"
+    assert step.transcript[-1]["From"] == "agent"
     assert step.inbox_done == 4
 
 

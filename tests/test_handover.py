@@ -167,3 +167,25 @@ async def test_handover_on_a_bot_only_rule_without_a_handover_rule_is_409(
     assert second["ConversationType"] == "BOT"
     assert peers.ccsp.received == []
     assert peers.flow.received == []
+
+
+async def test_the_handover_carries_the_last_twenty_messages_read_from_the_store(
+    daemon: Daemon, peers: Peers
+) -> None:
+    for n in range(1, 24):
+        status, _ = await daemon.customer(f"message {n}", f"m{n}")
+        assert status == 202
+    bodies = await peers.bot.wait_for(23)
+    bot_id = bodies[0]["Conversationid"]
+    status, _ = await daemon.bot({"eventid": "1002", "conversation_id": bot_id})
+    assert status == 202
+    await daemon.customer("right after the handover", "m24")  # waits behind the read
+    [handover, after] = await peers.ccsp.wait_for(2)
+    said = [t["Message"] for t in handover["Transcript"]]
+    assert said == [f"message {n}" for n in range(4, 24)]
+    assert after["Message"] == "right after the handover"
+    conversation = await daemon.conversation(bot_id)
+    assert [t["Message"] for t in conversation["transcript"]] == [
+        *(f"message {n}" for n in range(5, 24)),
+        "right after the handover",
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 
 from router.daemon import StartError
@@ -70,3 +71,35 @@ async def test_a_store_from_a_newer_router_is_refused(
         conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(StartError, match="newer router"):
         await start_router(base_config(peers, path))
+
+
+async def test_transcripts_kept_in_the_conversation_move_to_their_own_rows(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    path = tmp_path / "v1.db"
+    state = {
+        "conversation_id": "c-1",
+        "asset": "fb-page-1",
+        "channel": "FB",
+        "user": "u1",
+        "service": "support",
+        "mode": "bot_ccsp",
+        "bot": "support-bot",
+        "ccsp": "agents",
+        "flow": None,
+        "created_at": 1.0,
+        "transcript": [{"From": "customer", "Message": "hello", "MessageType": "text"}],
+    }
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        MIGRATIONS[0](conn)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO conversations VALUES ('c-1', 'k', 'open', ?, 1.0, 1.0)",
+            (orjson.dumps(state),),
+        )
+        conn.execute("COMMIT")
+    daemon = await start_router(base_config(peers, path))
+    conversation = await daemon.conversation("c-1")
+    assert [t["Message"] for t in conversation["transcript"]] == ["hello"]
+    assert version(path) == len(MIGRATIONS)

@@ -138,14 +138,15 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                     (asset, user, message_id, cid),
                 )
             case InboxDone(inbox_id=inbox_id, status=status):
-                conn.execute(
-                    "UPDATE inbox SET status = ?, body = CASE WHEN source = 'channel' "
-                    "THEN NULL ELSE body END WHERE inbox_id = ?",
+                # A channel event's row stays (without its body) so a resend is a duplicate;
+                # any other is deleted.
+                kept = conn.execute(
+                    "UPDATE inbox SET status = ?, body = NULL "
+                    "WHERE inbox_id = ? AND source = 'channel'",
                     (status, inbox_id),
-                )
-                conn.execute(
-                    "DELETE FROM inbox WHERE inbox_id = ? AND source != 'channel'", (inbox_id,)
-                )
+                ).rowcount
+                if not kept:
+                    conn.execute("DELETE FROM inbox WHERE inbox_id = ?", (inbox_id,))
             case AppendTranscript(conversation_id=cid, entry=entry):
                 conn.execute(
                     "INSERT INTO transcript (conversation_id, entry) VALUES (?, ?)",

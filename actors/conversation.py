@@ -126,6 +126,7 @@ class ConversationActor(RouterActor):
             step = Step(self.conversation, self.lanes, list(self._initial), self._persist_new)
             self._initial = ()
             self._carry_out(step, was_open=True)
+        self._say_idle()
 
     # A Handover waiting for the transcript, and what came after it. Class defaults: an
     # actor holds these only while it waits.
@@ -148,6 +149,9 @@ class ConversationActor(RouterActor):
                 self._one(later)
         else:
             self._one(message)
+        self._say_idle()
+
+    def _say_idle(self) -> None:
         if self.owes_idle and self.try_retire():
             self.owes_idle = False
             self.deps.core.tell(Idle(self.conversation.conversation_id))
@@ -176,12 +180,15 @@ class ConversationActor(RouterActor):
         """Whether this actor may leave memory now: asked by the core on the loop, between
         this actor's turns, so the answer cannot go stale before the core acts on it.
 
-        Not while mail waits for it, nor while an attempt is out (its outcome comes to this
-        actor); waiting and parked lanes are on disk and resume when it is loaded again.
-        Told no, the core waits for `Idle`.
+        Not before its first turn (which writes a new conversation), nor while mail waits for
+        it, nor while an attempt is out (its outcome comes to this actor); waiting and parked
+        lanes are on disk and resume when it is loaded again. Told no, the core waits for
+        `Idle`.
         """
-        busy = self._handover is not None or any(
-            lane.phase == "in_flight" for lane in self.lanes.values()
+        busy = (
+            not self._started
+            or self._handover is not None
+            or any(lane.phase == "in_flight" for lane in self.lanes.values())
         )
         if self.actor_inbox or busy or self._suspended:
             self.owes_idle = not self._suspended

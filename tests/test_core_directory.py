@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from actors.conversation import ConversationDeps
+from actors.conversation import ConversationActor, ConversationDeps
 from actors.core import CoreActor
 from actors.messages import ConversationClosed, Loaded, RouteChannel, ToConversation
-from actors.runtime import Scheduler
+from actors.runtime import Scheduler, actor_of
 from router.effects import Load, Persist, TellAt
 from router.events import BotClose, CustomerEvent, RetryDue
 from router.records import AppendTranscript, InboxDone
@@ -226,3 +226,30 @@ async def test_an_actor_with_mail_is_not_passivated_until_it_is_idle() -> None:
     core.tell(Loaded(edge.loads[1].lookup, conversation("B", "bob")))
     await until(lambda: set(live(core)) == {"B"})
     assert sorted(handled(edge)) == [1, 2, 3]
+
+
+async def test_a_conversation_is_not_idle_before_its_first_turn_has_written_it() -> None:
+    edge = FakeEdge()
+    deps = ConversationDeps(
+        edge=edge,
+        core=FakeCore(),
+        endpoints={},
+        clock=ManualClock(),
+        delays=(60.0,),
+        next_delivery_id=lambda: 1,
+        new_id=lambda: "x",
+    )
+    ref = ConversationActor.start(conversation("N", "nia"), {}, deps, persist_new=True)
+    actor = actor_of(ref)
+    assert not actor.try_retire()  # evicting it now would lose the conversation
+    await settle()
+    assert [type(w).__name__ for w in edge.writes] == ["SaveConversation"]
+    assert actor.try_retire()
+
+
+class FakeCore:
+    def __init__(self) -> None:
+        self.told: list[Any] = []
+
+    def tell(self, message: Any) -> None:
+        self.told.append(message)

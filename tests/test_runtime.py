@@ -185,3 +185,24 @@ async def test_a_supervisor_reaches_the_actor_behind_a_ref_on_the_loop() -> None
     assert isinstance(actor, Recorder) and actor.name == "a"
     assert evict(ref) == []
     assert not ref.is_alive()
+
+
+async def test_a_stopped_actor_is_freed_without_a_garbage_collection() -> None:
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        ref = Recorder.start("g")
+        alive = weakref.ref(actor_of(ref))
+        assert await ref.stop(block=False) is True
+        await asyncio.sleep(0)  # the scheduler lets go of it after the turn
+        assert alive() is None
+        log: list[Any] = []
+        evicted = Recorder.start("h", log)  # evicted before its first turn: never starts
+        gone = weakref.ref(actor_of(evicted))
+        evict(evicted)
+        await drained(lambda: gone() is None)
+        assert log == [("h", "stop")]
+    finally:
+        gc.enable()

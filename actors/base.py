@@ -9,7 +9,7 @@ import pykka
 import structlog
 
 from actors.runtime import LoopActor
-from router.effects import Ref
+from router.domain.commands import Ref
 
 
 class RouterActor(LoopActor):

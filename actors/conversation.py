@@ -22,14 +22,10 @@ from actors.messages import (
     Flushed,
     Idle,
     Resume,
-    RouteChannel,
-    ToConversation,
-    TranscriptRead,
 )
-from router.clock import Clock
-from router.conversation import handle
-from router.effects import Edge, Persist, ReadTranscript, Ref, Tell, TellAt
-from router.events import (
+from router.domain.commands import Ref, RouteChannel, ToConversation
+from router.domain.conversation import handle
+from router.domain.events import (
     BotHandover,
     DeliveryOutcome,
     HandoverDeadline,
@@ -39,8 +35,12 @@ from router.events import (
     RetryDue,
     SessionIdle,
 )
-from router.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
-from router.records import (
+from router.domain.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
+from router.domain.state import Conversation
+from router.domain.step import Context, Step
+from router.io.clock import Clock
+from router.io.effects import Edge, Persist, ReadTranscript, Tell, TellAt, TranscriptRead
+from router.io.records import (
     AppendTranscript,
     InboxDone,
     RemoveDelivery,
@@ -50,8 +50,6 @@ from router.records import (
     SaveSession,
     Write,
 )
-from router.state import Conversation
-from router.step import Context, Step
 
 
 @dataclass(frozen=True)

@@ -26,24 +26,22 @@ from actors.messages import (
     Flushed,
     Idle,
     Inspect,
-    Loaded,
     Restart,
     Restore,
     Resume,
     Retired,
-    RouteChannel,
     Supervised,
-    ToConversation,
 )
 from actors.runtime import LoopActorRef, actor_of, evict
-from router import lanes as lane_ops
-from router.effects import Edge, Load, Persist, Tell, TellAt
-from router.events import ConversationEvent
-from router.lanes import Lane, LaneDecision
-from router.model import Delivery
-from router.records import InboxDone, InboxPoisoned
-from router.state import Conversation, conversation_key
-from router.supervision import RestartPolicy, SetAside, on_crash
+from router.domain import lanes as lane_ops
+from router.domain.commands import RouteChannel, ToConversation
+from router.domain.events import ConversationEvent
+from router.domain.lanes import Lane, LaneDecision
+from router.domain.model import Delivery
+from router.domain.state import Conversation, conversation_key
+from router.domain.supervision import RestartPolicy, SetAside, on_crash
+from router.io.effects import Edge, Load, Loaded, Persist, Tell, TellAt
+from router.io.records import InboxDone, InboxPoisoned
 
 Routed = RouteChannel | ConversationEvent | Flush | Resume
 

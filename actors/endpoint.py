@@ -9,19 +9,12 @@ from typing import Any
 import structlog
 
 from actors.base import RouterActor, tell
-from actors.messages import (
-    AttemptResult,
-    Dispatch,
-    Inspect,
-    Reconfigure,
-    Supervised,
-    ToConversation,
-    Verified,
-)
-from router.effects import Attempt, Edge, Persist
-from router.endpoint_state import EndpointState, on_attempt, on_verified
-from router.events import DeliveryOutcome, Release
-from router.records import SaveIntegrationState
+from actors.messages import Dispatch, Inspect, Reconfigure, Supervised
+from router.domain.commands import ToConversation, Verified
+from router.domain.endpoint_state import EndpointState, on_attempt, on_verified
+from router.domain.events import DeliveryOutcome, Release
+from router.io.effects import Attempt, AttemptResult, Edge, Persist
+from router.io.records import SaveIntegrationState
 
 
 class EndpointActor(RouterActor):

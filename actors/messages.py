@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from router.effects import Ref
-from router.events import ConversationEvent, CustomerEvent
-from router.model import Delivery
-from router.rules import ChannelRoute
-from router.state import Conversation
+from router.domain.commands import Ref, RouteChannel
+from router.domain.model import Delivery
+from router.domain.state import Conversation
 
 
 @dataclass(frozen=True)
@@ -21,44 +19,9 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
-class AttemptResult:
-    delivery: Delivery
-    conversation: Ref
-    ok: bool
-    error: str | None
-
-
-@dataclass(frozen=True)
-class Verified:
-    """The operator's re-verification succeeded; parked conversations are released via `core`."""
-
-    core: Ref
-
-
-@dataclass(frozen=True)
 class Reconfigure:
     url: str
     access_token: str | None
-
-
-@dataclass(frozen=True)
-class RouteChannel:
-    """A stored channel event for the conversation of (asset, user, service, bot)."""
-
-    route: ChannelRoute
-    asset: str
-    channel: str
-    user: str
-    event: CustomerEvent
-    opens: bool = True  # False for a delivery report: it never starts a conversation
-
-
-@dataclass(frozen=True)
-class ToConversation:
-    """An event for a known conversation, running or not."""
-
-    conversation_id: str
-    event: ConversationEvent
 
 
 @dataclass(frozen=True)
@@ -108,16 +71,6 @@ class Idle:
 
 
 @dataclass(frozen=True)
-class Loaded:
-    """The store's answer to a `Load`: the conversation by id, or the open one for a key."""
-
-    lookup: str
-    conversation: Conversation | None
-    deliveries: tuple[Delivery, ...] = ()
-    failed: bool = False
-
-
-@dataclass(frozen=True)
 class Crashed:
     """A conversation actor raised while handling `event`; it handles nothing more and waits
     for its supervisor, the core, to evict it and start it again from the store."""
@@ -153,10 +106,3 @@ class Supervised:
 @dataclass(frozen=True)
 class Inspect:
     """Asked by the debug port: the answer is a JSON-ready view of the actor's live state."""
-
-
-@dataclass(frozen=True)
-class TranscriptRead:
-    """A conversation's last messages, oldest first, as the store had them."""
-
-    entries: tuple[dict[str, Any], ...]

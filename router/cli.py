@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import orjson
 import structlog
 
-from router.config import ConfigError, check_references, load_config
+from router.config.settings import ConfigError, check_references, load_config
 from router.daemon import Router, StartError
 
 

@@ -20,26 +20,28 @@ from aiohttp import web
 from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.endpoint import EndpointActor
-from actors.messages import Inspect, Reconfigure, Restore, ToConversation
+from actors.messages import Inspect, Reconfigure, Restore
 from actors.runtime import LoopActorRef
-from router.admin_api import admin_routes
-from router.clock import Clock, SystemClock
-from router.config import Config, check_references
-from router.debug_api import debug_app
-from router.edge import IoEdge
-from router.effects import TellAt
-from router.endpoint_state import EndpointState
-from router.events import ConversationEvent, HandoverDeadline, SessionIdle
-from router.http_errors import JsonErrorRunner
-from router.http_util import webhook_url
-from router.ids import Sequence, new_id, new_token
-from router.inbound import InputError, parse_bot, parse_ccsp, parse_channel
-from router.intake import Intake
-from router.integrations import Integration, Integrations
-from router.metrics import Metrics
-from router.model import Delivery, Destination
-from router.public_api import public_app
-from router.records import (
+from router.config.settings import Config, check_references
+from router.domain.commands import ToConversation
+from router.domain.endpoint_state import EndpointState
+from router.domain.events import ConversationEvent, HandoverDeadline, SessionIdle
+from router.domain.model import Delivery, Destination
+from router.domain.supervision import RestartPolicy
+from router.http.admin import admin_routes
+from router.http.debug import debug_app
+from router.http.errors import JsonErrorRunner
+from router.http.inbound import InputError, parse_bot, parse_ccsp, parse_channel
+from router.http.intake import Intake
+from router.http.public import public_app
+from router.http.util import webhook_url
+from router.io.clock import Clock, SystemClock
+from router.io.edge import IoEdge
+from router.io.effects import TellAt
+from router.io.ids import Sequence, new_id, new_token
+from router.io.integrations import Integration, Integrations
+from router.io.metrics import Metrics
+from router.io.records import (
     get_conversation,
     live_deliveries,
     max_delivery_id,
@@ -47,8 +49,7 @@ from router.records import (
     pending_inbox,
     webhook_token,
 )
-from router.store import Store
-from router.supervision import RestartPolicy
+from router.io.store import Store
 
 
 class StartError(Exception):

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from router.config import parse_config
+from router.config.settings import parse_config
 from router.daemon import Router
 from tests.clock import ManualClock
 from tests.peers import Peer

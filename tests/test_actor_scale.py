@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.messages import RouteChannel
-from router.events import CustomerEvent
-from router.rules import ChannelRoute
+from router.domain.commands import RouteChannel
+from router.domain.events import CustomerEvent
+from router.domain.rules import ChannelRoute
 from tests.conftest import Peers, StartRouter, base_config
 
 CONVERSATIONS = 10_000

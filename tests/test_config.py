@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from router.config import Config, ConfigError, check_references, load_config, parse_config
+from router.config.settings import Config, ConfigError, check_references, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "router.toml"

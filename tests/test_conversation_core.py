@@ -7,8 +7,8 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from router.conversation import handle
-from router.events import (
+from router.domain.conversation import handle
+from router.domain.events import (
     AgentClose,
     AgentMessage,
     BotClose,
@@ -23,10 +23,10 @@ from router.events import (
     Replay,
     RetryDue,
 )
-from router.lanes import Lane, RetryAt, Save, Send
-from router.model import Delivery, Destination
-from router.state import Conversation, Mode
-from router.step import Context, Step, WakeAt
+from router.domain.lanes import Lane, RetryAt, Save, Send
+from router.domain.model import Delivery, Destination
+from router.domain.state import Conversation, Mode
+from router.domain.step import Context, Step, WakeAt
 
 NOW = 1_700_000_000.25
 STAMP = "2023-11-14 22:13:20.25"

@@ -12,13 +12,14 @@ import pytest
 
 from actors.conversation import ConversationActor, ConversationDeps
 from actors.core import CoreActor
-from actors.messages import ConversationClosed, Loaded, RouteChannel, ToConversation
+from actors.messages import ConversationClosed
 from actors.runtime import Scheduler, actor_of
-from router.effects import Load, Persist, TellAt
-from router.events import BotClose, CustomerEvent, RetryDue
-from router.records import AppendTranscript, InboxDone
-from router.rules import ChannelRoute
-from router.state import Conversation
+from router.domain.commands import RouteChannel, ToConversation
+from router.domain.events import BotClose, CustomerEvent, RetryDue
+from router.domain.rules import ChannelRoute
+from router.domain.state import Conversation
+from router.io.effects import Load, Loaded, Persist, TellAt
+from router.io.records import AppendTranscript, InboxDone
 from tests.clock import ManualClock
 
 ROUTE = ChannelRoute(service="support", mode="bot", bot="b", ccsp=None, flow=None)

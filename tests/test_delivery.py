@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from router.clock import iso_timestamp
+from router.domain.timestamps import iso_timestamp
 from tests.clock import ManualClock
 from tests.conftest import ADMIN, Daemon, Peers, StartRouter
 

@@ -20,8 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from router.edge import _safe_error
-from router.http_util import MAX_JSON_DEPTH, json_depth, redact_path
+from router.http.util import MAX_JSON_DEPTH, json_depth, redact_path
+from router.io.edge import _safe_error
 from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, base_config
 
 EVENTS = "/v1/channels/fb-page-1/events"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from router import lanes
-from router.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
-from router.model import Delivery, Destination
+from router.domain import lanes
+from router.domain.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
+from router.domain.model import Delivery, Destination
 
 BOT = Destination("bot", "support-bot")
 DELAYS = (60.0, 300.0, 900.0)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from router.inbound import ChannelInput
+from router.http.inbound import ChannelInput
 from tests.clock import ManualClock
 from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, base_config
 

@@ -208,7 +208,7 @@ async def test_a_bot_removed_from_the_file_can_be_deleted_over_the_api(
 
 
 async def test_a_failed_start_leaves_no_port_open(peers: Peers, tmp_path: Path) -> None:
-    from router.config import parse_config
+    from router.config.settings import parse_config
     from router.daemon import Router
 
     taken = socket.socket()

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from router.daemon import StartError
-from router.store import MIGRATIONS
+from router.io.store import MIGRATIONS
 from tests.conftest import Peers, StartRouter, base_config
 
 # The tables as the first release wrote them: no schema version, fewer columns.

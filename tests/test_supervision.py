@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import actors.conversation
-from router.events import CustomerEvent
+from router.domain.events import CustomerEvent
 from tests.clock import ManualClock
 from tests.conftest import Daemon, Peers, StartRouter, base_config
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router.toml_table import ConfigError, Table
+from router.config.toml_table import ConfigError, Table
 
 __all__ = ["Config", "ConfigError", "check_references", "load_config", "parse_config"]
 

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from router import lanes as lane_ops
-from router.clock import platform_timestamp
-from router.events import ConversationEvent
-from router.lanes import Lane, LaneDecision, Send
-from router.model import Delivery, Destination
-from router.state import CcspSession, Conversation
+from router.domain import lanes as lane_ops
+from router.domain.events import ConversationEvent
+from router.domain.lanes import Lane, LaneDecision, Send
+from router.domain.model import Delivery, Destination
+from router.domain.state import CcspSession, Conversation
+from router.domain.timestamps import platform_timestamp
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from router.model import Delivery
-from router.records import Write
-
-
-class Ref(Protocol):
-    """The part of a pykka ActorRef the edge uses: a non-blocking tell."""
-
-    def tell(self, message: Any) -> None: ...
+from router.domain.commands import Ref
+from router.domain.model import Delivery
+from router.domain.state import Conversation
+from router.io.records import Write
 
 
 @dataclass(frozen=True)
@@ -74,3 +70,31 @@ class Edge(Protocol):
     def submit(self, effect: Effect) -> None:
         """Hand an effect to the I/O loop; safe from any thread, never blocks."""
         ...
+
+
+# -- what the edge reports back --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    delivery: Delivery
+    conversation: Ref
+    ok: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The store's answer to a `Load`: the conversation by id, or the open one for a key."""
+
+    lookup: str
+    conversation: Conversation | None
+    deliveries: tuple[Delivery, ...] = ()
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class TranscriptRead:
+    """A conversation's last messages, oldest first, as the store had them."""
+
+    entries: tuple[dict[str, Any], ...]

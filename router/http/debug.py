@@ -8,12 +8,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router.clock import iso_timestamp
-from router.http_util import error_middleware, json_response
-from router.inbound import InputError, bad_request, row_id
-from router.model import Delivery
-from router.public_api import ROUTER
-from router.records import (
+from router.domain.model import Delivery
+from router.domain.timestamps import iso_timestamp
+from router.http.inbound import InputError, bad_request, row_id
+from router.http.public import ROUTER
+from router.http.util import error_middleware, json_response
+from router.io.records import (
     conversation_deliveries,
     dead_letters,
     get_conversation,
@@ -25,7 +25,7 @@ from router.records import (
 
 if TYPE_CHECKING:
     from router.daemon import Router
-    from router.state import Conversation
+    from router.domain.state import Conversation
 
 MAX_PAGE = 500
 

@@ -12,7 +12,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from router.inbound import InputError, bad_request
+from router.http.inbound import InputError, bad_request
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.config import AssetConfig, Config
-from router.state import Mode
+from router.config.settings import AssetConfig, Config
+from router.domain.state import Mode
 
 _MODES: dict[str, Mode] = {
     "invoke_flow": "flow",

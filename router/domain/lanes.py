@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from router.model import Delivery, Destination
+from router.domain.model import Delivery, Destination
 
 Phase = Literal["idle", "in_flight", "waiting", "parked"]
 

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from router.config import IntegrationConfig
-from router.ids import new_id, new_token
-from router.records import integration_row, integration_rows
-from router.store import Store
+from router.config.settings import IntegrationConfig
+from router.io.ids import new_id, new_token
+from router.io.records import integration_row, integration_rows
+from router.io.store import Store
 
 Origin = Literal["config", "admin"]
 

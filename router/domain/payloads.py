@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.clock import platform_timestamp
+from router.domain.timestamps import platform_timestamp
 
 
 def _given(value: Any) -> Any:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from router import payloads
-from router.events import BotHandover, DeliveryOutcome, HandoverDeadline, SessionIdle
-from router.lanes import Lane, Save
-from router.model import Destination
-from router.state import CcspSession
-from router.step import Context, Step, WakeAt
+from router.domain import payloads
+from router.domain.events import BotHandover, DeliveryOutcome, HandoverDeadline, SessionIdle
+from router.domain.lanes import Lane, Save
+from router.domain.model import Destination
+from router.domain.state import CcspSession
+from router.domain.step import Context, Step, WakeAt
 
 
 def open_session(step: Step, event: BotHandover, ctx: Context) -> None:

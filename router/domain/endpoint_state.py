@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from router.model import Destination
+from router.domain.model import Destination
 
 
 @dataclass(frozen=True)

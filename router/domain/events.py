@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.model import Delivery
+from router.domain.model import Delivery
 
 
 @dataclass(frozen=True)

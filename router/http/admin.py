@@ -10,23 +10,23 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from actors.messages import ToConversation, Verified
-from router.events import Replay
-from router.http_util import json_response, read_json, require_bearer
-from router.inbound import InputError, bad_request, row_id
-from router.public_api import ROUTER
-from router.records import (
+from router.config.urls import has_credentials, url_problem
+from router.domain.commands import ToConversation, Verified
+from router.domain.events import Replay
+from router.http.inbound import InputError, bad_request, row_id
+from router.http.public import ROUTER
+from router.http.util import json_response, read_json, require_bearer
+from router.io.records import (
     SaveIntegrationState,
     apply_writes,
     get_delivery,
     insert_inbox,
     revive_poisoned,
 )
-from router.urls import has_credentials, url_problem
 
 if TYPE_CHECKING:
     from router.daemon import Router
-    from router.integrations import Integration
+    from router.io.integrations import Integration
 
 
 def admin_routes(app: web.Application) -> None:

@@ -20,11 +20,22 @@ import orjson
 import pykka
 import structlog
 
-from actors.messages import AttemptResult, Loaded, TranscriptRead
-from router.clock import Clock, Timer
-from router.effects import Attempt, Effect, Load, Persist, ReadTranscript, Ref, Tell, TellAt
-from router.metrics import Metrics
-from router.records import (
+from router.domain.commands import Ref
+from router.io.clock import Clock, Timer
+from router.io.effects import (
+    Attempt,
+    AttemptResult,
+    Effect,
+    Load,
+    Loaded,
+    Persist,
+    ReadTranscript,
+    Tell,
+    TellAt,
+    TranscriptRead,
+)
+from router.io.metrics import Metrics
+from router.io.records import (
     Write,
     apply_writes,
     conversation_deliveries,
@@ -32,7 +43,7 @@ from router.records import (
     open_conversation,
     transcript,
 )
-from router.store import Store
+from router.io.store import Store
 
 ATTEMPTS_PER_DESTINATION = 64
 

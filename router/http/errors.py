@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from router.http_util import error_response, redact_path
+from router.http.util import error_response, redact_path
 
 OnError = Callable[[int], None]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from router import lanes as lane_ops
-from router import payloads, sessions
-from router.events import (
+from router.domain import lanes as lane_ops
+from router.domain import payloads, sessions
+from router.domain.events import (
     AgentClose,
     AgentMessage,
     BotClose,
@@ -29,10 +29,10 @@ from router.events import (
     RetryDue,
     SessionIdle,
 )
-from router.lanes import Lane
-from router.model import Destination
-from router.state import Conversation
-from router.step import Context, Step
+from router.domain.lanes import Lane
+from router.domain.model import Destination
+from router.domain.state import Conversation
+from router.domain.step import Context, Step
 
 __all__ = ["handle"]
 

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from router.http_util import (
+from router.http.inbound import InputError, fold, parse_bot, parse_ccsp, parse_channel
+from router.http.util import (
     bearer_matches,
     error_middleware,
     json_response,
     read_json,
     token_matches,
 )
-from router.ids import new_id
-from router.inbound import InputError, fold, parse_bot, parse_ccsp, parse_channel
-from router.records import insert_inbox
+from router.io.ids import new_id
+from router.io.records import insert_inbox
 
 if TYPE_CHECKING:
     from router.daemon import Router

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from router.urls import url_problem
+from router.config.urls import url_problem
 
 
 class ConfigError(Exception):

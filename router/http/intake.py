@@ -10,10 +10,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from actors.messages import RouteChannel, ToConversation
-from router.config import AssetConfig, Config
-from router.effects import Ref
-from router.events import (
+from router.config.settings import AssetConfig, Config
+from router.domain.commands import Ref, RouteChannel, ToConversation
+from router.domain.events import (
     AgentClose,
     AgentMessage,
     BotClose,
@@ -24,17 +23,17 @@ from router.events import (
     CustomerEvent,
     InboundEvent,
 )
-from router.inbound import BotInput, CcspInput, ChannelInput, InputError
-from router.records import (
+from router.domain.rules import flows_for_bot_event, route_channel_event
+from router.domain.state import Conversation
+from router.http.inbound import BotInput, CcspInput, ChannelInput, InputError
+from router.io.records import (
     InboxDone,
     apply_writes,
     get_conversation,
     outbound_conversation,
     session_with_conversation,
 )
-from router.rules import flows_for_bot_event, route_channel_event
-from router.state import Conversation
-from router.store import Store
+from router.io.store import Store
 
 
 def conflict(code: str, message: str) -> InputError:

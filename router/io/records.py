@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from router.model import Delivery, Destination
-from router.state import TRANSCRIPT_LENGTH, CcspSession, Conversation
+from router.domain.model import Delivery, Destination
+from router.domain.state import TRANSCRIPT_LENGTH, CcspSession, Conversation
 
 
 @dataclass(frozen=True)

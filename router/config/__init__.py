@@ -1,0 +1,1 @@
+"""What the operator configures: the TOML file, read and checked before anything starts."""

@@ -17,6 +17,7 @@ import structlog
 
 from router.config.settings import ConfigError, check_references, load_config
 from router.daemon import Router, StartError
+from router.io.records import integration_rows
 
 
 def configure_logging(json_logs: bool, level: str) -> None:
@@ -92,7 +93,7 @@ def check_config(path: str) -> None:
         uri = f"file:{config.store_path}?mode=ro"
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-                bots |= {row[0] for row in db.execute("SELECT id FROM integrations")}
+                bots |= {row[0] for row in integration_rows(db)}
         except sqlite3.Error as exc:
             raise ConfigError(
                 f"{path}: store.path: cannot read {config.store_path}: {exc}"

@@ -43,6 +43,7 @@ from router.io.integrations import Integration, Integrations
 from router.io.metrics import Metrics
 from router.io.records import (
     get_conversation,
+    integration_rows,
     live_deliveries,
     max_delivery_id,
     open_sessions,
@@ -147,8 +148,7 @@ class Router:
         threshold = self.config.delivery.inactive_after_failures
         health = self.store.read_now(
             lambda conn: {
-                r["id"]: (r["state"], r["consecutive_failures"])
-                for r in conn.execute("SELECT * FROM integrations")
+                r["id"]: (r["state"], r["consecutive_failures"]) for r in integration_rows(conn)
             }
         )
         for integration in self.integrations.items.values():

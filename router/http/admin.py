@@ -21,6 +21,8 @@ from router.io.records import (
     apply_writes,
     get_delivery,
     insert_inbox,
+    owed_to_bot,
+    revive_dead_letter,
     revive_poisoned,
 )
 
@@ -191,13 +193,7 @@ async def delete_integration(request: web.Request) -> web.Response:
         )
     if any(r.bot == integration.id for s in router.config.services for r in s.rules):
         raise InputError(409, "in_use", f"a service rule routes to {integration.id!r}")
-    owed = await router.store.read(
-        lambda c: c.execute(
-            "SELECT count(*) FROM deliveries WHERE dest_kind = 'bot' AND dest_id = ? "
-            "AND status != 'dead'",
-            (integration.id,),
-        ).fetchone()[0]
-    )
+    owed = await router.store.read(lambda c: owed_to_bot(c, integration.id))
     if owed:
         raise InputError(409, "deliveries_pending", f"{owed} deliveries are still owed to it")
     await router.integrations.delete(integration.id)
@@ -246,15 +242,7 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
             "it belongs to an agent session that was abandoned; the bot has the conversation",
         )
     # Owed again on disk before the answer: a restart now resumes it like any other delivery.
-    revived = await router.store.write(
-        lambda c: (
-            c.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
-                "last_error = NULL WHERE delivery_id = ? AND status = 'dead'",
-                (delivery_id,),
-            ).rowcount
-        )
-    )
+    revived = await router.store.write(lambda c: revive_dead_letter(c, delivery_id))
     if not revived:
         raise unknown  # replayed by someone else meanwhile
     router.core.tell(ToConversation(delivery.conversation_id, Replay(delivery)))

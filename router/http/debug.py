@@ -19,6 +19,7 @@ from router.io.records import (
     get_conversation,
     list_conversations,
     parked_counts,
+    ping,
     poisoned_events,
     transcript,
 )
@@ -91,7 +92,7 @@ def conversation_view(c: Conversation) -> dict[str, Any]:
 
 async def healthz(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
-    await router.store.read(lambda c: c.execute("SELECT 1").fetchone())
+    await router.store.read(ping)
     failures = router.edge.store_failures
     if failures or router.edge.fenced:
         return json_response(

@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from router.config.settings import IntegrationConfig
 from router.io.ids import new_id, new_token
-from router.io.records import integration_row, integration_rows
+from router.io.records import (
+    delete_integration,
+    insert_integration,
+    integration_rows,
+    save_configured_integrations,
+    update_integration,
+)
 from router.io.store import Store
 
 Origin = Literal["config", "admin"]
@@ -54,29 +60,11 @@ class Integrations:
     async def load(self, configured: tuple[IntegrationConfig, ...]) -> None:
         """The file wins for what it sets; state, counts and kept tokens stay from the store."""
 
+        rows_in = tuple((i.id, i.name, i.url, i.access_token, i.webhook_token) for i in configured)
+        now = time.time()
+
         def upsert(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            for item in configured:
-                row = integration_row(conn, item.id)
-                token = item.webhook_token or (row["webhook_token"] if row else new_token())
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO integrations (id, name, url, access_token, webhook_token, "
-                        "origin, created_at) VALUES (?, ?, ?, ?, ?, 'config', ?)",
-                        (item.id, item.name, item.url, item.access_token, token, time.time()),
-                    )
-                else:
-                    conn.execute(
-                        "UPDATE integrations SET name = ?, url = ?, access_token = ?, "
-                        "webhook_token = ?, origin = 'config' WHERE id = ?",
-                        (item.name, item.url, item.access_token, token, item.id),
-                    )
-            # Taken out of the file: from now on the operator manages it over the API.
-            conn.execute(
-                "UPDATE integrations SET origin = 'admin' WHERE origin = 'config' AND id NOT IN "
-                f"({', '.join('?' * len(configured))})",
-                [item.id for item in configured],
-            )
-            return integration_rows(conn)
+            return save_configured_integrations(conn, rows_in, new_token, now)
 
         rows = await self.store.write(upsert)
         self.items = {row["id"]: Integration.from_row(row) for row in rows}
@@ -88,14 +76,12 @@ class Integrations:
             item_id or slug(name), name, url, access_token, new_token(), "admin"
         )
 
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO integrations (id, name, url, access_token, webhook_token, origin, "
-                "created_at) VALUES (?, ?, ?, ?, ?, 'admin', ?)",
-                (integration.id, name, url, access_token, integration.webhook_token, time.time()),
+        token, now = integration.webhook_token, time.time()
+        await self.store.write(
+            lambda conn: insert_integration(
+                conn, integration.id, name, url, access_token, token, now
             )
-
-        await self.store.write(insert)
+        )
         self.items[integration.id] = integration
         return integration
 
@@ -108,11 +94,10 @@ class Integrations:
             access_token=changes.get("access_token", current.access_token),
         )
 
-        def write(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE integrations SET name = ?, url = ?, access_token = ? WHERE id = ?",
-                (updated.name, updated.url, updated.access_token, item_id),
-            ).rowcount
+        def write(conn: sqlite3.Connection) -> bool:
+            return update_integration(
+                conn, item_id, updated.name, updated.url, updated.access_token
+            )
 
         if not await self.store.write(write) or item_id not in self.items:
             raise KeyError(item_id)  # deleted while this change was being written
@@ -120,9 +105,7 @@ class Integrations:
         return updated
 
     async def delete(self, item_id: str) -> None:
-        await self.store.write(
-            lambda conn: conn.execute("DELETE FROM integrations WHERE id = ?", (item_id,))
-        )
+        await self.store.write(lambda conn: delete_integration(conn, item_id))
         self.items.pop(item_id, None)
 
     async def health(self) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,3 +388,96 @@ def webhook_token(
         "SELECT token FROM webhook_tokens WHERE kind = ? AND id = ?", (kind, item_id)
     ).fetchone()
     return str(row["token"])
+
+
+# -- integrations ------------------------------------------------------------------------
+
+
+def save_configured_integrations(
+    conn: sqlite3.Connection,
+    configured: tuple[tuple[str, str, str, str, str | None], ...],
+    new_token: Callable[[], str],
+    now: float,
+) -> list[sqlite3.Row]:
+    """(id, name, url, access_token, webhook_token or None) from the file: the file wins for
+    what it sets; state, counts and a token kept from before stay."""
+    for item_id, name, url, access_token, webhook_token in configured:
+        row = integration_row(conn, item_id)
+        token = webhook_token or (row["webhook_token"] if row else new_token())
+        if row is None:
+            conn.execute(
+                "INSERT INTO integrations (id, name, url, access_token, webhook_token, "
+                "origin, created_at) VALUES (?, ?, ?, ?, ?, 'config', ?)",
+                (item_id, name, url, access_token, token, now),
+            )
+        else:
+            conn.execute(
+                "UPDATE integrations SET name = ?, url = ?, access_token = ?, "
+                "webhook_token = ?, origin = 'config' WHERE id = ?",
+                (name, url, access_token, token, item_id),
+            )
+    # Taken out of the file: from now on the operator manages it over the API.
+    conn.execute(
+        "UPDATE integrations SET origin = 'admin' WHERE origin = 'config' AND id NOT IN "
+        f"({', '.join('?' * len(configured))})",
+        [item[0] for item in configured],
+    )
+    return integration_rows(conn)
+
+
+def insert_integration(
+    conn: sqlite3.Connection,
+    item_id: str,
+    name: str,
+    url: str,
+    access_token: str,
+    webhook_token: str,
+    now: float,
+) -> None:
+    conn.execute(
+        "INSERT INTO integrations (id, name, url, access_token, webhook_token, origin, "
+        "created_at) VALUES (?, ?, ?, ?, ?, 'admin', ?)",
+        (item_id, name, url, access_token, webhook_token, now),
+    )
+
+
+def update_integration(
+    conn: sqlite3.Connection, item_id: str, name: str, url: str, access_token: str
+) -> bool:
+    """False when it was deleted meanwhile."""
+    return bool(
+        conn.execute(
+            "UPDATE integrations SET name = ?, url = ?, access_token = ? WHERE id = ?",
+            (name, url, access_token, item_id),
+        ).rowcount
+    )
+
+
+def delete_integration(conn: sqlite3.Connection, item_id: str) -> None:
+    conn.execute("DELETE FROM integrations WHERE id = ?", (item_id,))
+
+
+def owed_to_bot(conn: sqlite3.Connection, integration_id: str) -> int:
+    """Deliveries a bot is still owed (dead letters aside)."""
+    row = conn.execute(
+        "SELECT count(*) FROM deliveries WHERE dest_kind = 'bot' AND dest_id = ? "
+        "AND status != 'dead'",
+        (integration_id,),
+    ).fetchone()
+    return int(row[0])
+
+
+def revive_dead_letter(conn: sqlite3.Connection, delivery_id: int) -> bool:
+    """Owed again, with a fresh schedule; False if it is no longer a dead letter."""
+    return bool(
+        conn.execute(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
+            "last_error = NULL WHERE delivery_id = ? AND status = 'dead'",
+            (delivery_id,),
+        ).rowcount
+    )
+
+
+def ping(conn: sqlite3.Connection) -> None:
+    """The cheapest read that proves the store answers."""
+    conn.execute("SELECT 1").fetchone()

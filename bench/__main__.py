@@ -1,0 +1,34 @@
+"""The whole benchmark suite, one command: `python -m bench`.
+
+Each part compares the router with a baseline in the same run on this machine, so its figure
+is a ratio before it is a number; `bench/README.md` says what each measures and the latest
+figures. Parts run one after another, never side by side: they share the machine's cores.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+PARTS = (
+    ("(g) actor runtime: tells per second, memory per actor", ["bench.tells"]),
+    ("(a) intake to bot: router beside a bare relay", ["bench.throughput"]),
+    ("(b) (c) (d) round trip, latency, new conversations, /healthz", ["bench.http_cases"]),
+    ("(e) (f) (h) memory per conversation, activation, SIGTERM", ["bench.scale"]),
+)
+
+
+def main() -> int:
+    failed = 0
+    for title, module in PARTS:
+        print(f"\n== {title}: python -m {' '.join(module)}", flush=True)
+        started = time.perf_counter()
+        code = subprocess.call([sys.executable, "-m", *module])
+        print(f"-- {time.perf_counter() - started:.0f} s, exit {code}", flush=True)
+        failed += code != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -72,6 +72,7 @@ class CoreActor(RouterActor):
         # id -> ref, least recently used first
         self.live: OrderedDict[str, LoopActorRef[ConversationActor]] = OrderedDict()
         self.keys: dict[str, str] = {}  # identity -> id, for running open conversations
+        self.key_of: dict[str, str] = {}  # and back: forgetting one must not scan them all
         self.retiring: dict[str, list[Routed]] = {}
         self.stale: set[str] = set()  # loads to repeat: issued before a Retired arrived
         self.arrivals = 0  # orders events that wait on different loads
@@ -129,7 +130,7 @@ class CoreActor(RouterActor):
                 self._spawn(conversation, lanes, decisions, persist=False)
             case ConversationClosed(conversation_id=cid, key=key):
                 if self.keys.get(key) == cid:
-                    del self.keys[key]
+                    self._unkey(cid)
                 self.closed.add(cid)
                 # Customer events it was sent after closing come back (Bounced) before its
                 # Flushed; newer ones for the identity wait here, so the new conversation gets
@@ -199,10 +200,10 @@ class CoreActor(RouterActor):
             left = [*actor_of(ref).unhandled(), *evict(ref)]
         left = [m for m in left if isinstance(m, ROUTED)]
         left += self.retiring.pop(cid, [])
-        key = next((k for k, v in self.keys.items() if v == cid), None)
+        key = self.key_of.get(cid)
         self._forget(cid)
         if key is not None:
-            self.keys[key] = cid  # its customer events wait for the restart too
+            self._set_key(key, cid)  # its customer events wait for the restart too
         now = self.deps.clock.now()
         decision = on_crash(self.restart_history.get(cid, ()), now, self.policy)
         if isinstance(decision, SetAside):
@@ -244,9 +245,7 @@ class CoreActor(RouterActor):
         waiting = self.restarting.pop(cid, None)
         if waiting is None:
             return
-        key = next((k for k, v in self.keys.items() if v == cid), None)
-        if key is not None:
-            del self.keys[key]  # the load sets it again, from what the store says
+        self._unkey(cid)  # the load sets it again, from what the store says
         for item in waiting or [Resume()]:
             self._load(f"id:{cid}", item)
 
@@ -255,12 +254,23 @@ class CoreActor(RouterActor):
         if endpoint is None or not tell(endpoint, Supervised(cid, outcome)):
             self.supervised[outcome] += 1
 
+    def _set_key(self, key: str, cid: str) -> None:
+        old = self.keys.get(key)
+        if old is not None and old != cid:
+            self.key_of.pop(old, None)
+        self.keys[key] = cid
+        self.key_of[cid] = key
+
+    def _unkey(self, cid: str) -> None:
+        key = self.key_of.pop(cid, None)
+        if key is not None and self.keys.get(key) == cid:
+            del self.keys[key]
+
     def _forget(self, cid: str) -> None:
         self.live.pop(cid, None)
         self.closed.discard(cid)
         self.busy.discard(cid)
-        for key in [k for k, v in self.keys.items() if v == cid]:
-            del self.keys[key]
+        self._unkey(cid)
         self.on_live(len(self.live))
 
     def _load(self, lookup: str, item: Routed) -> None:
@@ -377,7 +387,7 @@ class CoreActor(RouterActor):
             conversation, lanes, self.deps, initial=decisions, persist_new=persist
         )
         if conversation.status == "open":
-            self.keys[conversation.key] = cid
+            self._set_key(conversation.key, cid)
         self._evict()
         self.on_live(len(self.live))
 

@@ -78,7 +78,7 @@ class CoreActor(RouterActor):
         self.arrivals = 0  # orders events that wait on different loads
         self.closing: dict[str, _Closing] = {}
         self.busy: set[str] = set()  # could not retire; asked again once it says Idle
-        self.closed: set[str] = set()  # running, closed, to stop once idle
+        self.closed: dict[str, str] = {}  # running, closed, to stop once idle: id -> identity
         self.loading: dict[str, list[tuple[int, Routed]]] = {}
         self.policy = restarts or RestartPolicy()
         self.restart_history: dict[str, tuple[float, ...]] = {}
@@ -131,7 +131,7 @@ class CoreActor(RouterActor):
             case ConversationClosed(conversation_id=cid, key=key):
                 if self.keys.get(key) == cid:
                     self._unkey(cid)
-                self.closed.add(cid)
+                self.closed[cid] = key
                 # Customer events it was sent after closing come back (Bounced) before its
                 # Flushed; newer ones for the identity wait here, so the new conversation gets
                 # them all in the order they came.
@@ -156,9 +156,12 @@ class CoreActor(RouterActor):
                     self._ask_to_retire(cid)
                 self._evict()
             case Retired(conversation_id=cid):
+                # A read of this conversation already under way, by id or by identity, may
+                # predate its last write; reads of other conversations cannot.
+                identity = self.key_of.get(cid) or self.closed.get(cid)
                 self._forget(cid)
-                # A read already under way may predate the retired actor's last write.
-                self.stale.update(self.loading)
+                lookups = {f"id:{cid}", f"key:{identity}"} if identity else {f"id:{cid}"}
+                self.stale.update(lookup for lookup in lookups if lookup in self.loading)
                 for item in self.retiring.pop(cid, []):
                     self._load(f"id:{cid}", item)
             case _:
@@ -268,7 +271,7 @@ class CoreActor(RouterActor):
 
     def _forget(self, cid: str) -> None:
         self.live.pop(cid, None)
-        self.closed.discard(cid)
+        self.closed.pop(cid, None)
         self.busy.discard(cid)
         self._unkey(cid)
         self.on_live(len(self.live))

@@ -141,7 +141,8 @@ class ConversationActor(RouterActor):
             del self._handover, self._stash
             self._one(handover)
             for index, later in enumerate(stash):
-                if self._handover is not None:  # another Handover waits: the rest wait too
+                # Another Handover waits, or a step crashed: the rest wait, in order.
+                if self._handover is not None or self._suspended:
                     self._stash = (*self._stash, *stash[index:])
                     break
                 self._one(later)
@@ -157,7 +158,8 @@ class ConversationActor(RouterActor):
     def unhandled(self) -> list[Any]:
         """What this actor took from its inbox but has not handled: a Handover waiting for
         its transcript and what came after it. Its supervisor takes them on a crash."""
-        return [] if self._handover is None else [self._handover, *self._stash]
+        waiting = [] if self._handover is None else [self._handover]
+        return [*waiting, *self._stash]
 
     def _one(self, message: Any) -> None:
         if isinstance(message, Flush):

@@ -198,12 +198,15 @@ class CoreActor(RouterActor):
         store after a backoff; past the restart intensity, set the failing event aside."""
         cid = message.conversation_id
         ref = self.live.get(cid)
-        left: list[Any] = []
-        if ref is not None:
-            left = [*actor_of(ref).unhandled(), *evict(ref)]
+        if ref is None or cid in self.restarting:
+            return  # already taken care of: a crashed actor handles nothing more
+        left: list[Any] = [*actor_of(ref).unhandled(), *evict(ref)]
         left = [m for m in left if isinstance(m, ROUTED)]
         left += self.retiring.pop(cid, [])
         key = self.key_of.get(cid)
+        # A read of it still under way may predate the crashed actor's last writes.
+        lookups = {f"id:{cid}", f"key:{key}"} if key else {f"id:{cid}"}
+        self.stale.update(lookup for lookup in lookups if lookup in self.loading)
         self._forget(cid)
         if key is not None:
             self._set_key(key, cid)  # its customer events wait for the restart too

@@ -12,6 +12,7 @@ and the loop's own I/O runs between turns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import sys
@@ -142,6 +143,13 @@ class LoopInbox:
         actor = self._actor
         if actor is None:
             return  # stopped and released: a ref's tell refuses before it gets here
+        scheduler = actor._scheduler
+        if not scheduler.on_loop():
+            # The deque is made and dropped on the loop: mail from another thread joins it
+            # there, in the order that thread sent it.
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                scheduler.loop.call_soon_threadsafe(self.put, envelope)
+            return
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()

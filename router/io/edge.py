@@ -67,7 +67,11 @@ class IoEdge:
         self._timers_off = False
         self._slots: dict[str, asyncio.Semaphore] = {}
         self.store_failures = 0
-        self.fenced = False  # after a store failure: accept, but route nothing until restart
+        # After a store failure: accept, but route nothing until restart. Writes are numbered
+        # as actors make them; the fence stands at the first that failed, so a write made
+        # before it still commits when its group is redone without it.
+        self._writes_made = 0
+        self._fence_at: int | None = None
         self.log = structlog.get_logger("router.edge")
 
     async def start(self) -> None:
@@ -136,16 +140,25 @@ class IoEdge:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def fenced(self) -> bool:
+        return self._fence_at is not None
+
     def _fenced_write(self, writes: tuple[Write, ...]) -> Callable[[sqlite3.Connection], None]:
         """Runs on the writer thread, so a failure fences every step written after it."""
 
+        self._writes_made += 1
+        number = self._writes_made
+
         def work(conn: sqlite3.Connection) -> None:
-            if self.fenced or self.store.failed:
+            fence = self._fence_at
+            if self.store.failed or (fence is not None and number > fence):
                 raise StoreFenced("an earlier write failed; routing resumes at the next start")
             try:
                 apply_writes(conn, writes)
             except Exception:
-                self.fenced = True
+                if fence is None or number < fence:
+                    self._fence_at = number
                 raise
 
         return work
@@ -210,9 +223,9 @@ class IoEdge:
             load.reply_to.tell(answer)
 
     def _fence(self, event: str, error: str) -> None:
-        if not self.fenced:
+        if self._fence_at is None:
             self.log.error(event, error=error, fenced=True)
-        self.fenced = True
+            self._fence_at = self._writes_made  # every write made from now on is refused
         self.store_failures += 1
 
     async def _attempt(self, attempt: Attempt) -> None:

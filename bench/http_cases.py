@@ -219,38 +219,15 @@ def port_of(url: str) -> str:
 
 def router_config(stack: Stack, store: Path) -> str:
     """Case (a)'s setup plus a known bot webhook token and a channel that counts arrivals."""
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port_of(stack.public)}
-[debug]
-host = "127.0.0.1"
-port = {port_of(stack.debug)}
-[admin]
-token = "bench-admin"
-[store]
-path = "{store}"
-[conversations]
-max_live = {RESIDENT}
-[[integrations]]
-id = "{BOT_ID}"
-name = "Bench bot"
-url = "{stack.bot}/bot"
-access_token = "bot-secret"
-webhook_token = "{WEBHOOK_TOKEN}"
-[[assets]]
-id = "asset"
-channel = "SMS"
-service = "svc"
-outbound_url = "{stack.channel}/bot"
-token = "{TOKEN}"
-[[services]]
-id = "svc"
-[[services.rules]]
-on = "incoming_message"
-action = "forward_to_bot"
-bot = "{BOT_ID}"
-"""
+    return throughput.router_config(
+        int(port_of(stack.public)),
+        int(port_of(stack.debug)),
+        f"{stack.bot}/bot",
+        store,
+        channel_url=f"{stack.channel}/bot",
+        webhook_token=WEBHOOK_TOKEN,
+        max_live=RESIDENT,
+    )
 
 
 def new_stack(kind: str) -> Stack:

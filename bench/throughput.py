@@ -80,7 +80,20 @@ def serve_relay(port: int, bot_url: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def router_config(port: int, debug_port: int, bot_url: str, store: Path) -> str:
+def router_config(
+    port: int,
+    debug_port: int,
+    bot_url: str,
+    store: Path,
+    *,
+    channel_url: str = "http://127.0.0.1:9/out",
+    webhook_token: str | None = None,
+    max_live: int | None = None,
+) -> str:
+    """One bot, one SMS asset routed to it; the other cases add a channel that counts, a
+    known bot webhook token, or a resident limit."""
+    token_line = f'webhook_token = "{webhook_token}"\n' if webhook_token else ""
+    live = f"[conversations]\nmax_live = {max_live}\n" if max_live else ""
     return f"""
 [server]
 host = "127.0.0.1"
@@ -92,16 +105,16 @@ port = {debug_port}
 token = "bench-admin"
 [store]
 path = "{store}"
-[[integrations]]
+{live}[[integrations]]
 id = "bot"
 name = "Bench bot"
 url = "{bot_url}"
 access_token = "bot-secret"
-[[assets]]
+{token_line}[[assets]]
 id = "asset"
 channel = "SMS"
 service = "svc"
-outbound_url = "http://127.0.0.1:9/out"
+outbound_url = "{channel_url}"
 token = "{TOKEN}"
 [[services]]
 id = "svc"

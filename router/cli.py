@@ -17,6 +17,7 @@ import structlog
 
 from router.config.settings import ConfigError, check_references, load_config
 from router.daemon import Router, StartError
+from router.peers import serve as peers
 from router.io.records import integration_rows
 
 
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a configuration file; exit 0 when the daemon would accept it.",
     )
     check.add_argument("--config", required=True, metavar="PATH")
+    peers.add_parser(commands)
     return parser
 
 
@@ -144,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "peers":
+        return peers.main(args)
     if args.command == "check-config":
         try:
             check_config(args.config)

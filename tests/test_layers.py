@@ -1,6 +1,7 @@
 """The house in layers: each layer imports only those beneath it, and the domain does no I/O.
 
 config  <  domain  <  io  <  http, actors  <  daemon (router.daemon, router.cli)
+config  <  peers (talks to a router over HTTP only)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ BENEATH = {
     "router.io": {"router.config", "router.domain"},
     "router.http": {"router.config", "router.domain", "router.io"},
     "actors": {"router.config", "router.domain", "router.io"},
+    # Tools that talk to a router only over HTTP, as any bot or channel would.
+    "router.peers": {"router.config"},
 }
 # What the domain may not touch: it is handed `now` and ids, and returns decisions.
 NO_IO = {

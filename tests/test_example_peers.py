@@ -1,0 +1,141 @@
+"""`router peers`: the example peers carry a whole conversation with a real router."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from router.cli import main
+from router.config.settings import parse_config
+from router.daemon import Router
+from router.peers.serve import RunningPeers, start_peers, stop_peers
+
+ASSET = "asset-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def example_config(store: Path, public: int, peers: int) -> dict[str, Any]:
+    at = f"http://127.0.0.1:{peers}"
+    return {
+        "server": {"host": "127.0.0.1", "port": public},
+        "debug": {"host": "127.0.0.1", "port": 0},
+        "admin": {"token": "admin-secret"},
+        "store": {"path": str(store)},
+        "delivery": {"timeout_s": 5.0, "retry_delays_s": [0.05, 0.05]},
+        # No webhook tokens: the router generates them and the peers ask the admin API.
+        "integrations": [
+            {"id": "support-bot", "name": "Support", "url": f"{at}/bot", "access_token": "b"}
+        ],
+        "ccsp": [{"id": "agents", "url": f"{at}/ccsp", "access_token": "c"}],
+        "flows": [{"id": "crm", "url": f"{at}/flow"}],
+        "assets": [
+            {
+                "id": "fb-page-1",
+                "channel": "FB",
+                "service": "support",
+                "outbound_url": f"{at}/out",
+                "token": ASSET,
+            }
+        ],
+        "services": [
+            {
+                "id": "support",
+                "rules": [
+                    {
+                        "on": "incoming_message",
+                        "action": "forward_to_bot_ccsp",
+                        "bot": "support-bot",
+                        "ccsp": "agents",
+                    },
+                    {"on": "handover", "action": "invoke_flow", "flow": "crm"},
+                ],
+            }
+        ],
+    }
+
+
+class Scene:
+    def __init__(self, router: Router, peers: RunningPeers, out: io.StringIO) -> None:
+        self.router, self.peers, self.out = router, peers, out
+        self.session = aiohttp.ClientSession()
+        self.sent = 0
+
+    async def say(self, text: str) -> None:
+        self.sent += 1
+        body = {"Event": "Incoming message", "Userid": "u1", "Message": text}
+        body["Messageid"] = f"m{self.sent}"
+        url = f"http://127.0.0.1:{self.router.public_port}/v1/channels/fb-page-1/events"
+        headers = {"Authorization": f"Bearer {ASSET}"}
+        async with self.session.post(url, json=body, headers=headers) as answer:
+            assert answer.status == 202, await answer.text()
+
+    async def shown(self, text: str, after: int = 0) -> int:
+        """Where `text` first appears in the peers' output after position `after`."""
+        async with asyncio.timeout(10):
+            while (at := self.out.getvalue().find(text, after)) < 0:
+                await asyncio.sleep(0.02)
+        return at
+
+
+@pytest.fixture
+async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
+    config = parse_config(
+        example_config(tmp_path / "r.db", free_port(), free_port()), "example.toml"
+    )
+    router = Router(config)
+    await router.start()
+    out = io.StringIO()
+    peers = await start_peers(config, out, close_after=2)
+    found = Scene(router, peers, out)
+    try:
+        yield found
+    finally:
+        await found.session.close()
+        await stop_peers(peers)
+        await router.stop()
+
+
+async def test_a_conversation_goes_from_bot_to_agent_and_back_and_ends(scene: Scene) -> None:
+    await scene.say("hi")
+    at = await scene.shown('FB to u1               You said "hi".')
+    await scene.say("I want an agent")
+    at = await scene.shown("handed over to an agent", at)
+    at = await scene.shown("FB to u1               Hi, I am Alex, an agent.", at)
+    await scene.say("my order is late")
+    at = await scene.shown('FB to u1               Noted: "my order is late".', at)
+    await scene.say("thanks")
+    at = await scene.shown("Handing you back to the bot.", at)
+    at = await scene.shown("the agent left (agent)", at)
+    at = await scene.shown("FB to u1               The bot again: anything else?", at)
+    await scene.say("bye")
+    at = await scene.shown("FB to u1               Goodbye!", at)
+    await scene.shown("closed the conversation", at)
+    # The handover rule's flow heard of the handover too.
+    await scene.shown("flow crm")
+
+
+async def test_the_peers_refuse_a_caller_without_the_access_token(scene: Scene) -> None:
+    host, port = scene.peers.addresses[0]
+    async with scene.session.post(f"http://{host}:{port}/bot", json={"Event": "Verify"}) as r:
+        assert r.status == 401
+
+
+def test_the_command_names_a_bad_config_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    assert main(["peers", "--config", str(bad)]) == 2
+    assert "config error" in capsys.readouterr().err

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 import orjson
 import structlog
 
+from router.config.checks import create_store_directory
 from router.config.settings import ConfigError, check_references, load_config
 from router.daemon import Router, StartError
-from router.peers import serve as peers
 from router.io.records import integration_rows
+from router.peers import serve as peers
 
 
 def configure_logging(json_logs: bool, level: str) -> None:
@@ -80,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config",
         help="validate a configuration file and exit",
-        description="Validate a configuration file; exit 0 when the daemon would accept it.",
+        description=(
+            "Validate a configuration file as `serve` would: every problem is printed on "
+            "stderr, one per line with file, key and reason, and the exit code is 2; "
+            "exit 0 when the daemon would accept it."
+        ),
     )
     check.add_argument("--config", required=True, metavar="PATH")
     peers.add_parser(commands)
@@ -88,8 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_config(path: str) -> None:
-    """What `serve` checks before it listens, including rules naming admin-created bots."""
+    """What `serve` checks before it listens, including rules naming admin-created bots.
+
+    Every problem of the file is reported at once (`ConfigError.problems`). A missing store
+    directory is created, as the store does at start-up; stored bots are then read so that
+    a rule may name one created over the admin API.
+    """
     config = load_config(path)
+    problem = create_store_directory(config.store_path)
+    if problem is not None:
+        raise ConfigError(problem.line(path))
     bots = {i.id for i in config.integrations}
     if config.store_path.exists():
         uri = f"file:{config.store_path}?mode=ro"
@@ -152,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             check_config(args.config)
         except ConfigError as exc:
-            print(f"config error: {exc}", file=sys.stderr)
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
             return 2
         print(f"{args.config}: ok")
         return 0

@@ -1,0 +1,133 @@
+"""What the rest of the daemon reads: the configuration as frozen values.
+
+These dataclasses are the one place the defaults live; the schema that checks a file
+(`router.config.schema`) takes its defaults from here, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "AssetConfig",
+    "CcspConfig",
+    "Config",
+    "ConversationsConfig",
+    "DebugConfig",
+    "DeliveryConfig",
+    "FlowConfig",
+    "IntegrationConfig",
+    "RuleConfig",
+    "ServerConfig",
+    "ServiceConfig",
+]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    host: str = "127.0.0.1"
+    port: int = 9090
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    timeout_s: float = 5.0
+    retry_delays_s: tuple[float, ...] = (60.0, 300.0, 900.0, 2340.0)
+    inactive_after_failures: int = 5
+    handover_deadline_s: float = 60.0
+    max_parked_age_s: float = 86_400.0
+
+
+@dataclass(frozen=True)
+class ConversationsConfig:
+    max_live: int = 10_000
+    max_restarts: int = 3
+    restart_window_s: float = 10.0
+    restart_backoff_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class IntegrationConfig:
+    id: str
+    name: str
+    url: str
+    access_token: str
+    webhook_token: str | None = None
+
+
+@dataclass(frozen=True)
+class CcspConfig:
+    id: str
+    url: str
+    access_token: str
+    webhook_token: str | None = None
+    session_idle_timeout_s: float = 86_400.0
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class AssetConfig:
+    id: str
+    channel: str
+    service: str
+    outbound_url: str
+    token: str
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    on: str
+    action: str
+    bot: str | None = None
+    ccsp: str | None = None
+    flow: str | None = None
+    channel: str | None = None
+    asset: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    id: str
+    rules: tuple[RuleConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    admin_token: str = ""
+    store_path: Path = Path("var/router.db")
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    conversations: ConversationsConfig = field(default_factory=ConversationsConfig)
+    integrations: tuple[IntegrationConfig, ...] = ()
+    ccsps: tuple[CcspConfig, ...] = ()
+    flows: tuple[FlowConfig, ...] = ()
+    assets: tuple[AssetConfig, ...] = ()
+    services: tuple[ServiceConfig, ...] = ()
+    source: str = "<config>"
+
+    def asset(self, asset_id: str) -> AssetConfig | None:
+        return next((a for a in self.assets if a.id == asset_id), None)
+
+    def service(self, service_id: str) -> ServiceConfig | None:
+        return next((s for s in self.services if s.id == service_id), None)
+
+    def ccsp(self, ccsp_id: str) -> CcspConfig | None:
+        return next((c for c in self.ccsps if c.id == ccsp_id), None)
+
+    def flow(self, flow_id: str) -> FlowConfig | None:
+        return next((f for f in self.flows if f.id == flow_id), None)

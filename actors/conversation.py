@@ -13,6 +13,7 @@ from typing import Any, get_args
 import structlog
 
 from actors.base import RouterActor
+from actors.counting import count_saved
 from actors.messages import (
     Bounced,
     ConversationClosed,
@@ -40,6 +41,7 @@ from router.domain.state import Conversation
 from router.domain.step import Context, Step
 from router.io.clock import Clock
 from router.io.effects import Edge, Persist, ReadTranscript, Tell, TellAt, TranscriptRead
+from router.io.metrics import Metrics
 from router.io.records import (
     AppendTranscript,
     InboxDone,
@@ -66,6 +68,7 @@ class ConversationDeps:
     handover_deadline: float = 60.0
     session_idle_timeouts: Mapping[str, float] = field(default_factory=dict)  # by CCSP id
     max_parked_age: float = 86_400.0
+    metrics: Metrics = field(default_factory=Metrics)
 
     def context(self, conversation: Conversation) -> Context:
         idle = self.session_idle_timeouts.get(conversation.ccsp or "", 86_400.0)
@@ -123,7 +126,7 @@ class ConversationActor(RouterActor):
         if self._initial or self._persist_new:
             step = Step(self.conversation, self.lanes, list(self._initial), self._persist_new)
             self._initial = ()
-            self._carry_out(step, was_open=True)
+            self._carry_out(step, was_open=True, before=self.lanes)
         self._say_idle()
 
     # A Handover waiting for the transcript, and what came after it. Class defaults: an
@@ -204,9 +207,10 @@ class ConversationActor(RouterActor):
             message = message.event
         ctx = self.deps.context(self.conversation)
         was_open = self.conversation.status == "open"
+        before = self.lanes
         step = handle(self.conversation, self.lanes, message, ctx)
         self.conversation, self.lanes = step.conversation, step.lanes
-        self._carry_out(step, was_open)
+        self._carry_out(step, was_open, before)
 
     def _crash(self, message: Any, exc: Exception) -> None:
         """What this actor holds may be half-changed: it stops taking messages, and the core
@@ -217,7 +221,10 @@ class ConversationActor(RouterActor):
         cid = self.conversation.conversation_id
         self.deps.core.tell(Crashed(cid, message, error, self.conversation.bot))
 
-    def _carry_out(self, step: Step, was_open: bool) -> None:
+    def _carry_out(self, step: Step, was_open: bool, before: Mapping[str, Lane]) -> None:
+        """`before`: the lanes as they were, so that a delivery saved again in the state it
+        already had (re-parked once loaded again, a dead head whose answer came late) is not
+        counted twice."""
         now = self.deps.clock.now()
         cid = step.conversation.conversation_id
         writes: list[Write] = []
@@ -241,6 +248,8 @@ class ConversationActor(RouterActor):
             match decision:
                 case Save(delivery=d):
                     writes.append(SaveDelivery(d))
+                    if d.status != "pending":
+                        count_saved(self.deps.metrics, d, before)
                     if d.status == "dead":
                         self.log.warning(
                             "delivery_dead_lettered",

@@ -61,14 +61,12 @@ class CoreActor(RouterActor):
         deps_factory: Callable[[Any], ConversationDeps],
         edge: Edge,
         max_live: int,
-        on_live: Callable[[int], None] = lambda n: None,
         restarts: RestartPolicy | None = None,
     ) -> None:
         super().__init__()
         self._deps_factory = deps_factory
         self.edge = edge
         self.max_live = max_live
-        self.on_live = on_live
         # id -> ref, least recently used first
         self.live: OrderedDict[str, LoopActorRef[ConversationActor]] = OrderedDict()
         self.keys: dict[str, str] = {}  # identity -> id, for running open conversations
@@ -98,10 +96,7 @@ class CoreActor(RouterActor):
         match message:
             case Inspect():
                 return {
-                    "resident": len(self.live),
-                    "loading": sum(1 for waiting in self.loading.values() if waiting),
-                    "retiring": len(self.retiring),
-                    "restarting": len(self.restarting),
+                    **self.census(),
                     "max_live": self.max_live,
                     # Conversations with no integration are supervised here.
                     "flow_restarts": self.supervised["restarted"],
@@ -167,6 +162,15 @@ class CoreActor(RouterActor):
             case _:
                 self.log.error("unexpected_message", message=repr(message))
         return None
+
+    def census(self) -> dict[str, int]:
+        """Conversation actors by state; read on the loop, between this actor's turns."""
+        return {
+            "resident": len(self.live),
+            "loading": sum(1 for waiting in self.loading.values() if waiting),
+            "retiring": len(self.retiring),
+            "restarting": len(self.restarting),
+        }
 
     @staticmethod
     def _key(message: RouteChannel) -> str:
@@ -256,6 +260,8 @@ class CoreActor(RouterActor):
             self._load(f"id:{cid}", item)
 
     def _supervise(self, bot: str | None, cid: str, outcome: str) -> None:
+        metrics = self.deps.metrics
+        (metrics.poisoned if outcome == "poisoned" else metrics.restarts)(bot or "").inc()
         endpoint = self.deps.endpoints.get(f"bot:{bot}") if bot else None
         if endpoint is None or not tell(endpoint, Supervised(cid, outcome)):
             self.supervised[outcome] += 1
@@ -277,7 +283,6 @@ class CoreActor(RouterActor):
         self.closed.pop(cid, None)
         self.busy.discard(cid)
         self._unkey(cid)
-        self.on_live(len(self.live))
 
     def _load(self, lookup: str, item: Routed) -> None:
         self.arrivals += 1
@@ -394,8 +399,8 @@ class CoreActor(RouterActor):
         )
         if conversation.status == "open":
             self._set_key(conversation.key, cid)
+        self.deps.metrics.activations("new" if persist else "store").inc()
         self._evict()
-        self.on_live(len(self.live))
 
     def _evict(self) -> None:
         excess = len(self.live) - len(self.retiring) - self.max_live
@@ -419,6 +424,7 @@ class CoreActor(RouterActor):
             self.busy.add(cid)
             return
         evict(ref)  # its inbox is empty: nothing comes back
+        self.deps.metrics.passivations.inc()
         self.retiring[cid] = []
         self.edge.submit(Persist((), (Tell(self.actor_ref, Retired(cid)),)))
 

@@ -89,6 +89,13 @@ class Scheduler:
     def on_loop(self) -> bool:
         return threading.get_ident() == self._thread
 
+    def backlog(self) -> list[tuple[LoopActor, int]]:
+        """Each actor with mail waiting, and how many messages: for a gauge read on the loop
+        between turns, when every actor with mail is in the ready queue (a suspended one
+        waits outside it for its supervisor, which evicts it). Costs the actors with mail,
+        not every actor."""
+        return [(actor, len(cast("LoopInbox", actor.actor_inbox))) for actor in self._ready]
+
     def wake(self, actor: LoopActor) -> None:
         """Queue an actor that has mail; safe from any thread."""
         if self.on_loop():

@@ -21,6 +21,7 @@ from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.endpoint import EndpointActor
 from actors.messages import Inspect, Reconfigure, Restore
+from actors.observe import live_view
 from actors.runtime import LoopActorRef
 from router.config.settings import Config, check_references
 from router.domain.commands import ToConversation
@@ -62,7 +63,7 @@ class Router:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.store = Store(config.store_path)
+        self.store = Store(config.store_path, self.metrics)
         self.edge = IoEdge(self.store, self.clock, config.delivery.timeout_s, self.metrics)
         self.integrations = Integrations(self.store)
         self.ccsp_tokens: dict[str, str] = {}
@@ -178,6 +179,7 @@ class Router:
                 handover_deadline=self.config.delivery.handover_deadline_s,
                 session_idle_timeouts={c.id: c.session_idle_timeout_s for c in self.config.ccsps},
                 max_parked_age=self.config.delivery.max_parked_age_s,
+                metrics=self.metrics,
             )
 
         conversations = self.config.conversations
@@ -185,7 +187,6 @@ class Router:
             deps,
             self.edge,
             conversations.max_live,
-            self.metrics.live_conversations.set,
             RestartPolicy(
                 conversations.max_restarts,
                 conversations.restart_window_s,
@@ -193,6 +194,7 @@ class Router:
             ),
         )
         self.intake = Intake(self.config, self.store, self.core)
+        self.metrics.live.view = lambda: live_view(self._core, self.endpoints)
 
     def add_endpoint(
         self, integration: Integration, state: str = "active", failures: int = 0
@@ -302,7 +304,7 @@ class Router:
         admin_routes(public)
         self.public_runner = JsonErrorRunner(
             public,
-            on_error=lambda s: self.metrics.errors.labels(status=str(s)).inc(),
+            on_error=lambda s: self.metrics.errors(str(s)).inc(),
             access_log=None,
             handle_signals=False,
         )

@@ -132,4 +132,7 @@ async def test_debug_port_lists_conversations_page_by_page(daemon: Daemon, peers
     assert len(seen) == len(set(seen)) == 3
     status, metrics = await daemon.get_debug("/metrics")
     assert status == 200
-    assert 'router_inbound_events_total{result="accepted",source="channel"} 3.0' in metrics
+    assert (
+        'router_inbound_events_total{channel="FB",result="accepted",source="channel"} 3.0'
+        in metrics
+    )

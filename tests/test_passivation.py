@@ -11,8 +11,9 @@ from tests.conftest import Daemon, Peers, StartRouter, base_config
 
 async def live_actors(daemon: Daemon) -> float:
     _, text = await daemon.get_debug("/metrics")
-    line = next(x for x in text.splitlines() if x.startswith("router_live_conversation_actors "))
-    return float(line.split()[1])
+    resident = 'router_conversation_actors{state="resident"} '
+    line = next(x for x in text.splitlines() if x.startswith(resident))
+    return float(line.split()[-1])
 
 
 async def start_small(start_router: StartRouter, peers: Peers, tmp_path: Path) -> Daemon:

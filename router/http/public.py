@@ -6,7 +6,8 @@ it is on disk; routing happens after, by message.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import orjson
@@ -18,6 +19,7 @@ from router.http.util import (
     error_middleware,
     json_response,
     read_json,
+    status_code,
     token_matches,
 )
 from router.io.ids import new_id
@@ -32,13 +34,52 @@ ROUTER: web.AppKey[Router] = web.AppKey("router")
 def public_app(router: Router) -> web.Application:
     app = web.Application(
         client_max_size=router.config.server.max_body_bytes,
-        middlewares=[error_middleware(lambda s: router.metrics.errors.labels(status=str(s)).inc())],
+        middlewares=[error_middleware(lambda s: router.metrics.errors(str(s)).inc())],
     )
     app[ROUTER] = router
-    app.router.add_post("/v1/channels/{asset_id}/events", channel_event)
-    app.router.add_post("/v1/bots/{integration_id}/{webhook_token}", bot_event)
-    app.router.add_post("/v1/ccsp/{ccsp_id}/{webhook_token}", ccsp_event)
+    app.router.add_post("/v1/channels/{asset_id}/events", counted("channel", channel_event))
+    app.router.add_post("/v1/bots/{integration_id}/{webhook_token}", counted("bot", bot_event))
+    app.router.add_post("/v1/ccsp/{ccsp_id}/{webhook_token}", counted("ccsp", ccsp_event))
     return app
+
+
+@dataclass
+class Tally:
+    """What a handler learns for its intake count: the channel the event belongs to (once
+    the asset or the conversation is known) and, when it is accepted, how."""
+
+    channel: str = ""
+    result: str = "accepted"
+
+
+Door = Callable[[web.Request, Tally], Awaitable[web.Response]]
+
+
+def counted(source: str, door: Door) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Count every event a door receives once, by its channel and result: how it was
+    accepted, or the error code it was refused with."""
+
+    async def handler(request: web.Request) -> web.Response:
+        tally = Tally()
+        inbound = request.app[ROUTER].metrics.inbound
+        try:
+            response = await door(request, tally)
+        except Exception as exc:
+            inbound(source, tally.channel, _refusal(exc)).inc()
+            raise
+        inbound(source, tally.channel, tally.result).inc()
+        return response
+
+    return handler
+
+
+def _refusal(exc: Exception) -> str:
+    """The error code an event was refused with, as its answer will carry it."""
+    if isinstance(exc, InputError):
+        return exc.code
+    if isinstance(exc, web.HTTPException):  # the body reader's 413
+        return status_code(exc.status)
+    return "internal_error"
 
 
 ACCEPTED = {"accepted": True}
@@ -60,27 +101,27 @@ WEBHOOK_UNAUTHORIZED = "the webhook token does not match"
 _NO_TOKEN = "\x00no such id\x00"  # compared like a real token, so the timing tells nothing
 
 
-async def channel_event(request: web.Request) -> web.Response:
+async def channel_event(request: web.Request, tally: Tally) -> web.Response:
     router = request.app[ROUTER]
     asset = router.config.asset(request.match_info["asset_id"])
     if not bearer_matches(request, asset.token if asset is not None else _NO_TOKEN) or (
         asset is None
     ):
         raise InputError(401, "unauthorized", CHANNEL_UNAUTHORIZED)
+    tally.channel = asset.channel
     body = await read_json(request)
     event = parse_channel(body)
     inbox_id, duplicate = await _store(router, "channel", asset.id, event.dedupe_key, body)
     if duplicate:
-        router.metrics.inbound.labels(source="channel", result="duplicate").inc()
+        tally.result = "duplicate"
         return json_response({"accepted": True, "duplicate": True}, status=200)
     assert router.intake is not None
-    routed = await router.intake.route_channel(asset, event, inbox_id)
-    result = "accepted" if routed else "unrouted"
-    router.metrics.inbound.labels(source="channel", result=result).inc()
+    if not await router.intake.route_channel(asset, event, inbox_id):
+        tally.result = "unrouted"
     return json_response(ACCEPTED, status=202)
 
 
-async def bot_event(request: web.Request) -> web.Response:
+async def bot_event(request: web.Request, tally: Tally) -> web.Response:
     router = request.app[ROUTER]
     integration_id = request.match_info["integration_id"]
     integration = router.integrations.items.get(integration_id)
@@ -91,6 +132,7 @@ async def bot_event(request: web.Request) -> web.Response:
     event = parse_bot(body)
     assert router.intake is not None
     conversation = await router.intake.check_bot(integration_id, event)
+    tally.channel = conversation.channel
     answer: dict[str, object] = dict(ACCEPTED)
     if event.kind == "reply":
         if event.message_id is None:
@@ -102,11 +144,10 @@ async def bot_event(request: web.Request) -> web.Response:
         answer["Messageid"] = event.message_id
     inbox_id, _ = await _store(router, "bot", integration_id, None, body)
     router.intake.route_bot(integration_id, event, conversation, inbox_id)
-    router.metrics.inbound.labels(source="bot", result="accepted").inc()
     return json_response(answer, status=202)
 
 
-async def ccsp_event(request: web.Request) -> web.Response:
+async def ccsp_event(request: web.Request, tally: Tally) -> web.Response:
     router = request.app[ROUTER]
     ccsp_id = request.match_info["ccsp_id"]
     expected = router.ccsp_tokens.get(ccsp_id, _NO_TOKEN)
@@ -118,7 +159,7 @@ async def ccsp_event(request: web.Request) -> web.Response:
     event = parse_ccsp(body)
     assert router.intake is not None
     conversation = await router.intake.check_ccsp(ccsp_id, event)
+    tally.channel = conversation.channel
     inbox_id, _ = await _store(router, "ccsp", ccsp_id, None, body)
     router.intake.route_ccsp(event, conversation, inbox_id)
-    router.metrics.inbound.labels(source="ccsp", result="accepted").inc()
     return json_response(ACCEPTED, status=202)

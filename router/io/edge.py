@@ -11,8 +11,9 @@ import contextlib
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiohttp
@@ -46,6 +47,9 @@ from router.io.records import (
 from router.io.store import Store
 
 ATTEMPTS_PER_DESTINATION = 64
+
+# How an attempt ended, as counted: a 2xx, another status, no answer in time, anything else.
+Outcome = Literal["ok", "http_error", "timeout", "error"]
 
 
 class StoreFenced(Exception):
@@ -229,28 +233,30 @@ class IoEdge:
         self.store_failures += 1
 
     async def _attempt(self, attempt: Attempt) -> None:
+        delivery = attempt.delivery
         slots = self._slots.setdefault(
-            attempt.delivery.dest.key, asyncio.Semaphore(ATTEMPTS_PER_DESTINATION)
+            delivery.dest.key, asyncio.Semaphore(ATTEMPTS_PER_DESTINATION)
         )
+        started = time.perf_counter()
         try:
             async with slots:
-                ok, error = await self.post(
-                    attempt.url, attempt.access_token, attempt.delivery.body
-                )
+                started = time.perf_counter()  # the attempt leaves now, not while it waited
+                ok, error = await self.post(attempt.url, attempt.access_token, delivery.body)
         except Exception as exc:  # whatever went wrong, the lane must hear back
-            self.log.exception("delivery_attempt_crashed", delivery_id=attempt.delivery.delivery_id)
+            self.log.exception("delivery_attempt_crashed", delivery_id=delivery.delivery_id)
             ok, error = False, _safe_error(exc, attempt.url, attempt.access_token)
-        kind = attempt.delivery.dest.kind
-        self.metrics.attempts.labels(kind=kind, outcome="ok" if ok else "failed").inc()
+        kind, outcome = delivery.dest.kind, _outcome(ok, error)
+        self.metrics.attempts(kind, outcome).inc()
+        self.metrics.attempt_seconds(kind, outcome).observe(time.perf_counter() - started)
         if not ok:
             self.log.info(
                 "delivery_attempt_failed",
-                delivery_id=attempt.delivery.delivery_id,
-                dest=attempt.delivery.dest.key,
+                delivery_id=delivery.delivery_id,
+                dest=delivery.dest.key,
                 error=error,
             )
         with contextlib.suppress(pykka.ActorDeadError):
-            attempt.reply_to.tell(AttemptResult(attempt.delivery, attempt.conversation, ok, error))
+            attempt.reply_to.tell(AttemptResult(delivery, attempt.conversation, ok, error))
 
     async def post(self, url: str, token: str | None, body: Any) -> tuple[bool, str | None]:
         """POST JSON; success is a complete 2xx answer within the timeout."""
@@ -276,12 +282,28 @@ class IoEdge:
                 payload = await response.read()
                 if 200 <= response.status < 300:
                     return True, None, payload
-                return False, f"HTTP {response.status}", payload
+                return False, f"{_HTTP_STATUS}{response.status}", payload
         except TimeoutError:
-            return False, f"no answer within {self.timeout.total}s", b""
+            return False, f"{_NO_ANSWER}{self.timeout.total}s", b""
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             # ValueError: aiohttp refuses a header or URL it cannot send.
             return False, _safe_error(exc, url, token), b""
+
+
+# The errors `exchange` words itself; any other starts with an exception's type name, which
+# has no space in it, so the two prefixes tell the outcomes apart.
+_HTTP_STATUS = "HTTP "
+_NO_ANSWER = "no answer within "
+
+
+def _outcome(ok: bool, error: str | None) -> Outcome:
+    if ok:
+        return "ok"
+    if error is not None and error.startswith(_HTTP_STATUS):
+        return "http_error"
+    if error is not None and error.startswith(_NO_ANSWER):
+        return "timeout"
+    return "error"
 
 
 # A URL in free text: scheme, then everything up to whitespace or a quote.

@@ -13,6 +13,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 
 import orjson
 import structlog
+
+from router.io.metrics import Metrics
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
@@ -175,8 +178,9 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, metrics: Metrics | None = None) -> None:
         self.path = path
+        self.metrics = metrics
         self._queue: queue.Queue[tuple[Work, asyncio.Future[Any]] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
@@ -247,6 +251,7 @@ class Store:
     def _commit(
         self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
     ) -> None:
+        started = time.perf_counter()
         try:
             outcomes = self._commit_together(conn, batch)
         except _WorkFailed:
@@ -255,6 +260,9 @@ class Store:
             outcomes = self._commit_apart(conn, batch)
         except sqlite3.Error as exc:
             outcomes = self._failed(conn, batch, exc)
+        if self.metrics is not None:
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.commit_batch.observe(len(batch))
         # One wake-up of each waiting loop per commit, not one per write in it.
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for outcome in outcomes:

@@ -19,6 +19,8 @@ from router.config.checks import create_store_directory
 from router.config.settings import ConfigError, check_references, load_config
 from router.daemon import Router, StartError
 from router.io.records import integration_rows
+from router.loadtest import command as loadtest
+from router.loadtest import setup as loadtest_setup
 from router.peers import serve as peers
 
 
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", required=True, metavar="PATH")
     peers.add_parser(commands)
+    loadtest_setup.add_parser(commands)
     return parser
 
 
@@ -161,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "peers":
         return peers.main(args)
+    if args.command == "loadtest":
+        return loadtest.main(args)
     if args.command == "check-config":
         try:
             check_config(args.config)

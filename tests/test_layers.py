@@ -22,6 +22,7 @@ BENEATH = {
     "actors": {"router.config", "router.domain", "router.io"},
     # Tools that talk to a router only over HTTP, as any bot or channel would.
     "router.peers": {"router.config"},
+    "router.loadtest": set(),
 }
 # What the domain may not touch: it is handed `now` and ids, and returns decisions.
 NO_IO = {

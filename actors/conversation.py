@@ -12,7 +12,7 @@ from typing import Any, get_args
 
 import structlog
 
-from actors.base import RouterActor
+from actors.base import RouterActor, conversation_fields
 from actors.counting import count_saved
 from actors.messages import (
     Bounced,
@@ -52,6 +52,8 @@ from router.io.records import (
     SaveSession,
     Write,
 )
+
+_log = structlog.get_logger("router.conversation")
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,11 @@ class ConversationActor(RouterActor):
         self.owes_idle = False  # could not retire when asked: tell the core once idle
         self._persist_new = persist_new
 
-    @property
-    def log(self) -> Any:
-        """Made when something is logged, which is rare: not a bound logger per resident
-        conversation."""
-        return structlog.get_logger("router.conversation").bind(
-            conversation_id=self.conversation.conversation_id
-        )
+    def about(self) -> dict[str, Any]:
+        """Every line about a conversation carries these, passed at the call: made only when
+        something is logged, which is rare, so a resident conversation holds no bound logger."""
+        c = self.conversation
+        return conversation_fields(c.conversation_id, c.bot, c.asset)
 
     def on_start(self) -> None:
         if self._initial or self._persist_new:
@@ -215,11 +215,13 @@ class ConversationActor(RouterActor):
     def _crash(self, message: Any, exc: Exception) -> None:
         """What this actor holds may be half-changed: it stops taking messages, and the core
         starts it again from the store (the state every earlier step left there)."""
-        self.log.error("conversation_crashed", message=type(message).__name__, exc_info=exc)
+        _log.error(
+            "conversation_crashed", **self.about(), message=type(message).__name__, exc_info=exc
+        )
         self.suspend()
         error = f"{type(exc).__name__}: {exc}"
-        cid = self.conversation.conversation_id
-        self.deps.core.tell(Crashed(cid, message, error, self.conversation.bot))
+        c = self.conversation
+        self.deps.core.tell(Crashed(c.conversation_id, message, error, c.bot, c.asset))
 
     def _carry_out(self, step: Step, was_open: bool, before: Mapping[str, Lane]) -> None:
         """`before`: the lanes as they were, so that a delivery saved again in the state it
@@ -235,8 +237,9 @@ class ConversationActor(RouterActor):
         writes.extend(SaveOutbound(asset, user, mid, cid) for asset, mid in step.outbound)
         for session in step.sessions:
             if session.status != "open":
-                self.log.info(
+                _log.info(
                     "agent_session_ended",
+                    **self.about(),
                     ccsp_conversation_id=session.ccsp_conversation_id,
                     status=session.status,
                 )
@@ -251,8 +254,9 @@ class ConversationActor(RouterActor):
                     if d.status != "pending":
                         count_saved(self.deps.metrics, d, before)
                     if d.status == "dead":
-                        self.log.warning(
+                        _log.warning(
                             "delivery_dead_lettered",
+                            **self.about(),
                             delivery_id=d.delivery_id,
                             dest=d.dest.key,
                             attempts=d.attempts,
@@ -270,7 +274,12 @@ class ConversationActor(RouterActor):
         if step.inbox_done is not None:
             writes.append(InboxDone(step.inbox_done, "rejected" if step.rejected else "done"))
             if step.rejected:
-                self.log.warning("event_rejected", inbox_id=step.inbox_done, reason=step.rejected)
+                _log.warning(
+                    "event_rejected",
+                    **self.about(),
+                    inbox_id=step.inbox_done,
+                    reason=step.rejected,
+                )
         if writes or then:
             self.deps.edge.submit(Persist(tuple(writes), tuple(then)))
         if was_open and step.conversation.status == "closed":
@@ -289,4 +298,5 @@ class ConversationActor(RouterActor):
                 inactive=False,
             )
             return Tell(self.actor_ref, outcome)
-        return Tell(endpoint, Dispatch(delivery, self.actor_ref))
+        c = self.conversation
+        return Tell(endpoint, Dispatch(delivery, self.actor_ref, c.bot, c.asset))

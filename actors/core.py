@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from actors.base import RouterActor, tell
+from actors.base import RouterActor, conversation_fields, tell
 from actors.conversation import ROUTED, ConversationActor, ConversationDeps
 from actors.messages import (
     Bounced,
@@ -220,7 +220,7 @@ class CoreActor(RouterActor):
             self.restart_history.pop(cid, None)
             self.restarting[cid] = left
             self._supervise(message.bot, cid, "poisoned")
-            writes = self._set_aside(cid, message.event, message.error)
+            writes = self._set_aside(message)
             # Once the last writes of the crashed actor are durable, so the load sees them.
             self.edge.submit(Persist(writes, (Tell(self.actor_ref, Restart(cid)),)))
             return
@@ -229,7 +229,7 @@ class CoreActor(RouterActor):
         self._supervise(message.bot, cid, "restarted")
         self.log.warning(
             "conversation_restarting",
-            conversation_id=cid,
+            **conversation_fields(cid, message.bot, message.asset),
             delay_s=decision.delay,
             restarts=len(decision.history),
             error=message.error,
@@ -237,12 +237,13 @@ class CoreActor(RouterActor):
         restart = TellAt(now + decision.delay, self.actor_ref, Restart(cid))
         self.edge.submit(Persist((), (restart,)))
 
-    def _set_aside(self, cid: str, event: Any, error: str) -> tuple[InboxPoisoned, ...]:
+    def _set_aside(self, crashed: Crashed) -> tuple[InboxPoisoned, ...]:
+        cid, event, error = crashed.conversation_id, crashed.event, crashed.error
         inner = event.event if isinstance(event, RouteChannel) else event
         inbox_id = getattr(inner, "inbox_id", None)
         self.log.error(
             "event_poisoned",
-            conversation_id=cid,
+            **conversation_fields(cid, crashed.bot, crashed.asset),
             message=type(inner).__name__,
             inbox_id=inbox_id,
             error=error,
@@ -303,7 +304,11 @@ class CoreActor(RouterActor):
         conversation = message.conversation
         if message.failed:
             # Left unrouted in the store: routed again when the daemon next starts.
-            self.log.error("conversation_load_failed", lookup=message.lookup, events=len(waiting))
+            self.log.error(
+                "conversation_load_failed",
+                **self._about(message.lookup, [item for _, item in waiting]),
+                events=len(waiting),
+            )
             return
         if not waiting:
             return  # its events already went with a load of the same conversation by id or key
@@ -324,7 +329,7 @@ class CoreActor(RouterActor):
                 conversation = self._new(first)
                 self._spawn(conversation, {}, [], persist=True)
         elif conversation is None:
-            self.log.error("unknown_conversation", conversation_id=value)
+            self.log.error("unknown_conversation", **conversation_fields(value, None, None))
             for item in items:
                 inbox_id = getattr(item, "inbox_id", None)
                 if inbox_id is not None:
@@ -356,13 +361,25 @@ class CoreActor(RouterActor):
             if not kept and isinstance(item, RouteChannel) and not item.opens:
                 self.log.warning(
                     "channel_event_unrouted",
-                    asset=item.asset,
+                    **conversation_fields(None, item.route.bot, item.asset),
                     reason="a delivery report for no open conversation",
                 )
                 self.edge.submit(Persist((InboxDone(item.event.inbox_id, "unrouted"),)))
             else:
                 kept.append((arrival, item))
         return kept
+
+    @staticmethod
+    def _about(lookup: str, items: list[Routed]) -> dict[str, str | None]:
+        """A load's conversation, as far as its lookup and waiting events tell: the ID for a
+        load by ID, the asset and bot of a customer's first event for a load by identity."""
+        kind, _, value = lookup.partition(":")
+        first = next((i for i in items if isinstance(i, RouteChannel)), None)
+        return conversation_fields(
+            value if kind == "id" else None,
+            first.route.bot if first is not None else None,
+            first.asset if first is not None else None,
+        )
 
     def _restore_lanes(
         self, deliveries: tuple[Delivery, ...]

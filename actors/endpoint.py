@@ -63,6 +63,8 @@ class EndpointActor(RouterActor):
                         self.state.access_token,
                         reply_to=self.actor_ref,
                         conversation=conversation,
+                        integration=message.integration,
+                        asset=message.asset,
                     )
                 )
             case AttemptResult(delivery=delivery, conversation=conversation, ok=ok, error=error):

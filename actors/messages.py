@@ -12,10 +12,13 @@ from router.domain.state import Conversation
 
 @dataclass(frozen=True)
 class Dispatch:
-    """A conversation offers its lane head to the destination's endpoint."""
+    """A conversation offers its lane head to the destination's endpoint; its bot and asset
+    ride along for the attempt's log lines."""
 
     delivery: Delivery
     conversation: Ref
+    integration: str | None = None
+    asset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Crashed:
     event: Any
     error: str
     bot: str | None
+    asset: str | None = None
 
 
 @dataclass(frozen=True)

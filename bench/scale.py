@@ -249,7 +249,7 @@ _tuned: list[bool] = []
 async def workspace() -> AsyncIterator[tuple[Path, FakeBot]]:
     """A directory for the store and a fake bot in another process; logging set up as
     `router serve` sets it up (to stderr, which the orchestrator keeps in a file)."""
-    configure_logging(json_logs=True, level="info")
+    configure_logging("json", "info")
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         async with aiohttp.ClientSession() as session, fake_bot(session) as bot:
             yield Path(tmp), bot

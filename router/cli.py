@@ -6,48 +6,26 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import logging
 import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
 
-import orjson
-import structlog
-
+from router import logs
 from router.config.checks import create_store_directory
 from router.config.settings import ConfigError, check_references, load_config
 from router.daemon import Router, StartError
 from router.io.records import integration_rows
 from router.loadtest import command as loadtest
 from router.loadtest import setup as loadtest_setup
+from router.logs import LogFormat
 from router.peers import serve as peers
 
 
-def configure_logging(json_logs: bool, level: str) -> None:
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        if json_logs
-        else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=(
-            structlog.BytesLoggerFactory(sys.stderr.buffer)
-            if json_logs
-            else structlog.PrintLoggerFactory(sys.stderr)
-        ),
-        cache_logger_on_first_use=True,
-    )
-    # pykka reports crashed actors through the standard library.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+def configure_logging(log_format: LogFormat, level: str) -> None:
+    """Once, before the daemon starts: JSON lines on stderr, or columns when it is a terminal
+    (`auto`), and the standard library's lines through the same renderer."""
+    logs.configure(log_format, level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--log-format",
-        choices=("json", "console"),
-        default="json",
-        help="log output format (default: json, one object per line)",
+        choices=logs.FORMATS,
+        default="auto",
+        help="log output on stderr: json (one object per line), console (for people), or auto "
+        "(default: console when stderr is a terminal, json otherwise)",
     )
     serve.add_argument(
         "--log-level",
@@ -175,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"{args.config}: ok")
         return 0
-    configure_logging(args.log_format == "json", args.log_level)
+    configure_logging(args.log_format, args.log_level)
     try:
         return asyncio.run(serve(args.config))
     except ConfigError as exc:

@@ -243,7 +243,12 @@ class Router:
                 partial(get_conversation, conversation_id=conversation_id)
             )
             if conversation is None:
-                self.log.error("orphan_deliveries", conversation_id=conversation_id)
+                self.log.error(
+                    "orphan_deliveries",
+                    conversation_id=conversation_id,
+                    integration=None,  # the conversation is gone: nothing more is known
+                    asset=None,
+                )
                 continue
             self.core.tell(Restore(conversation, tuple(items)))
         self.arm_session_timers()

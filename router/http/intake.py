@@ -35,6 +35,8 @@ from router.io.records import (
 )
 from router.io.store import Store
 
+_log = structlog.get_logger("router.intake")
+
 
 def conflict(code: str, message: str) -> InputError:
     return InputError(409, code, message)
@@ -58,8 +60,12 @@ class Intake:
         """False when no rule of the asset's service takes the event; it is kept as unrouted."""
         route = route_channel_event(self.config, asset)
         if route is None:
-            structlog.get_logger("router.intake").warning(
-                "channel_event_unrouted", asset=asset.id, service=asset.service
+            _log.warning(
+                "channel_event_unrouted",
+                conversation_id=None,  # no rule, so no conversation
+                integration=None,
+                asset=asset.id,
+                service=asset.service,
             )
             await self.finish(inbox_id, "unrouted")
             return False

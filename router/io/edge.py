@@ -243,7 +243,14 @@ class IoEdge:
                 started = time.perf_counter()  # the attempt leaves now, not while it waited
                 ok, error = await self.post(attempt.url, attempt.access_token, delivery.body)
         except Exception as exc:  # whatever went wrong, the lane must hear back
-            self.log.exception("delivery_attempt_crashed", delivery_id=delivery.delivery_id)
+            self.log.exception(
+                "delivery_attempt_crashed",
+                conversation_id=delivery.conversation_id,
+                integration=attempt.integration,
+                asset=attempt.asset,
+                delivery_id=delivery.delivery_id,
+                dest=delivery.dest.key,
+            )
             ok, error = False, _safe_error(exc, attempt.url, attempt.access_token)
         kind, outcome = delivery.dest.kind, _outcome(ok, error)
         self.metrics.attempts(kind, outcome).inc()
@@ -251,6 +258,9 @@ class IoEdge:
         if not ok:
             self.log.info(
                 "delivery_attempt_failed",
+                conversation_id=delivery.conversation_id,
+                integration=attempt.integration,
+                asset=attempt.asset,
                 delivery_id=delivery.delivery_id,
                 dest=delivery.dest.key,
                 error=error,

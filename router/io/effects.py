@@ -36,13 +36,16 @@ class Persist:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One HTTP attempt of a delivery; the result goes back to `reply_to` as AttemptResult."""
+    """One HTTP attempt of a delivery; the result goes back to `reply_to` as AttemptResult.
+    `integration` (the conversation's bot) and `asset` are for its log lines."""
 
     delivery: Delivery
     url: str
     access_token: str | None
     reply_to: Ref
     conversation: Ref
+    integration: str | None = None
+    asset: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import structlog
 
 from actors.base import RouterActor, conversation_fields
 from actors.counting import count_saved
+from actors.journal import Journal
 from actors.messages import (
     Bounced,
     ConversationClosed,
@@ -71,6 +72,7 @@ class ConversationDeps:
     session_idle_timeouts: Mapping[str, float] = field(default_factory=dict)  # by CCSP id
     max_parked_age: float = 86_400.0
     metrics: Metrics = field(default_factory=Metrics)
+    journal: Journal = field(default_factory=Journal)
 
     def context(self, conversation: Conversation) -> Context:
         idle = self.session_idle_timeouts.get(conversation.ccsp or "", 86_400.0)
@@ -206,6 +208,7 @@ class ConversationActor(RouterActor):
                 return
             message = message.event
         ctx = self.deps.context(self.conversation)
+        self.deps.journal.note(self.conversation.conversation_id, ctx.now, message)
         was_open = self.conversation.status == "open"
         before = self.lanes
         step = handle(self.conversation, self.lanes, message, ctx)

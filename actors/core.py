@@ -26,6 +26,7 @@ from actors.messages import (
     Flushed,
     Idle,
     Inspect,
+    Passivate,
     Restart,
     Restore,
     Resume,
@@ -76,6 +77,7 @@ class CoreActor(RouterActor):
         self.arrivals = 0  # orders events that wait on different loads
         self.closing: dict[str, _Closing] = {}
         self.busy: set[str] = set()  # could not retire; asked again once it says Idle
+        self.passivating: set[str] = set()  # an operator asked it to go once it is idle
         self.closed: dict[str, str] = {}  # running, closed, to stop once idle: id -> identity
         self.loading: dict[str, list[tuple[int, Routed]]] = {}
         self.policy = restarts or RestartPolicy()
@@ -102,6 +104,13 @@ class CoreActor(RouterActor):
                     "flow_restarts": self.supervised["restarted"],
                     "flow_poisoned_events": self.supervised["poisoned"],
                 }
+            case Passivate(conversation_id=wanted):
+                if wanted in self.live and wanted not in self.retiring:
+                    self._ask_to_retire(wanted)
+                    if wanted in self.busy:
+                        self.passivating.add(wanted)  # retired once it says Idle
+                        return "when_idle"
+                return "passivated"
             case RouteChannel():
                 key = self._key(message)
                 cid = self.keys.get(key)
@@ -147,7 +156,8 @@ class CoreActor(RouterActor):
                             self.handle(pending)
             case Idle(conversation_id=cid):
                 self.busy.discard(cid)
-                if cid in self.closed:
+                if cid in self.closed or cid in self.passivating:
+                    self.passivating.discard(cid)
                     self._ask_to_retire(cid)
                 self._evict()
             case Retired(conversation_id=cid):
@@ -283,6 +293,7 @@ class CoreActor(RouterActor):
         self.live.pop(cid, None)
         self.closed.pop(cid, None)
         self.busy.discard(cid)
+        self.passivating.discard(cid)
         self._unkey(cid)
 
     def _load(self, lookup: str, item: Routed) -> None:

@@ -29,6 +29,8 @@ class EndpointActor(RouterActor):
         # Its conversations' supervision since the daemon started: restarts after a crash,
         # and events set aside as poisoned past the restart intensity.
         self.supervised = {"restarted": 0, "poisoned": 0}
+        self.in_flight = 0  # attempts handed to the edge and not yet answered
+        self.last_error: str | None = None  # of the last failed attempt
         self.log = structlog.get_logger("router.endpoint").bind(dest=state.dest.key)
 
     def handle(self, message: Any) -> Any:
@@ -56,6 +58,7 @@ class EndpointActor(RouterActor):
                         ),
                     )
                     return
+                self.in_flight += 1
                 self.edge.submit(
                     Attempt(
                         delivery,
@@ -68,6 +71,9 @@ class EndpointActor(RouterActor):
                     )
                 )
             case AttemptResult(delivery=delivery, conversation=conversation, ok=ok, error=error):
+                self.in_flight -= 1
+                if not ok:
+                    self.last_error = error
                 self._count(ok)
                 if not ok and self.state.inactive:
                     self.parked[delivery.conversation_id] = None

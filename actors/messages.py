@@ -110,3 +110,11 @@ class Supervised:
 @dataclass(frozen=True)
 class Inspect:
     """Asked by the debug port: the answer is a JSON-ready view of the actor's live state."""
+
+
+@dataclass(frozen=True)
+class Passivate:
+    """An operator asks the core to let a conversation's actor leave memory; answered with
+    `passivated` or `when_idle`."""
+
+    conversation_id: str

@@ -68,6 +68,7 @@ class Scheduler:
         self._ready: deque[LoopActor] = deque()
         self._scheduled = False
         self._thread = threading.get_ident()
+        self.handled = 0  # messages handled on this loop, for the debug port's rate
 
     @classmethod
     def current(cls) -> Scheduler:
@@ -342,9 +343,10 @@ class LoopActor(pykka.Actor):
         handled = 0
         while inbox and handled < limit and not self.actor_stopped.is_set():
             if self._suspended:
-                return False
+                break
             self._handle_envelope(inbox.get())
             handled += 1
+        self._scheduler.handled += handled
         if self.actor_stopped.is_set():
             self._teardown()
             self._release()

@@ -20,8 +20,9 @@ from aiohttp import web
 from actors.conversation import ConversationDeps
 from actors.core import CoreActor
 from actors.endpoint import EndpointActor
-from actors.messages import Inspect, Reconfigure, Restore
-from actors.observe import live_view
+from actors.journal import Journal
+from actors.messages import Inspect, Passivate, Reconfigure, Restore
+from actors.observe import HandledRate, conversation_live, endpoint_live, live_view, runtime_view
 from actors.runtime import LoopActorRef
 from router.config.settings import Config, check_references
 from router.domain.commands import ToConversation
@@ -76,6 +77,8 @@ class Router:
         self.public_port = 0
         self.debug_port = 0
         self.stopped = False
+        self.journal = Journal()
+        self._handled_rate = HandledRate()
         self.log = structlog.get_logger("router.daemon")
 
     @property
@@ -180,6 +183,7 @@ class Router:
                 session_idle_timeouts={c.id: c.session_idle_timeout_s for c in self.config.ccsps},
                 max_parked_age=self.config.delivery.max_parked_age_s,
                 metrics=self.metrics,
+                journal=self.journal,
             )
 
         conversations = self.config.conversations
@@ -358,6 +362,25 @@ class Router:
         except pykka.ActorDeadError:
             return {}
         return view
+
+    def runtime_view(self) -> dict[str, Any]:
+        """Read on the loop, between the actors' turns: a snapshot that asks no actor."""
+        return runtime_view(self._core, self.endpoints, self._handled_rate)
+
+    def integration_live(self, integration_id: str) -> dict[str, Any]:
+        ref = self.endpoints.get(f"bot:{integration_id}")
+        return {} if ref is None else endpoint_live(ref, self._core)
+
+    def conversation_live(self, conversation_id: str) -> dict[str, Any] | None:
+        return conversation_live(self._core, conversation_id, self.journal)
+
+    async def passivate(self, conversation_id: str) -> str:
+        """`passivated` (it left memory, or was not in it) or `when_idle` (an attempt is
+        out or mail waits: it leaves once idle)."""
+        if self._core is None:
+            return "passivated"
+        answer: str = await self._core.ask(Passivate(conversation_id), block=False)
+        return answer
 
     def integration_view(self, integration: Integration, health: dict[str, Any]) -> dict[str, Any]:
         return {

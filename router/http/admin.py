@@ -1,4 +1,5 @@
-"""The operator's API under /v1/admin: integrations, CCSPs and dead letters."""
+"""The operator's API under /v1/admin: integrations, CCSPs, dead letters and poisoned events;
+conversations have theirs in `conversation_admin`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from router.config.urls import has_credentials, url_problem
 from router.domain.commands import ToConversation, Verified
 from router.domain.events import Replay
+from router.http.conversation_admin import conversation_routes
 from router.http.inbound import InputError, bad_request, row_id
 from router.http.public import ROUTER
 from router.http.util import json_response, read_json, require_bearer
@@ -20,7 +22,6 @@ from router.io.records import (
     SaveIntegrationState,
     apply_writes,
     get_delivery,
-    insert_inbox,
     owed_to_bot,
     revive_dead_letter,
     revive_poisoned,
@@ -42,7 +43,7 @@ def admin_routes(app: web.Application) -> None:
     app.router.add_post("/v1/admin/integrations/{id}/verify", verify_integration)
     app.router.add_post("/v1/admin/dead-letters/{id}/replay", replay_dead_letter)
     app.router.add_post("/v1/admin/poisoned-events/{id}/replay", replay_poisoned_event)
-    app.router.add_post("/v1/admin/conversations/{id}/close-session", close_session)
+    conversation_routes(app)
 
 
 def _admin(request: web.Request) -> Router:
@@ -258,20 +259,3 @@ async def replay_poisoned_event(request: web.Request) -> web.Response:
         raise InputError(404, "unknown_poisoned_event", f"no poisoned event {inbox_id}")
     await router.replay_inbox(inbox_id, row["source"], row["source_id"], orjson.loads(row["body"]))
     return json_response({"replayed": inbox_id}, status=202)
-
-
-async def close_session(request: web.Request) -> web.Response:
-    """End the agent session a conversation is in, as its agent would; stored before the 202."""
-    router = _admin(request)
-    conversation_id = request.match_info["id"]
-    assert router.intake is not None
-    conversation = await router.intake.check_close_session(conversation_id)
-    body = {"Event": "Close Session", "Conversationid": conversation_id}
-    now = router.clock.now()
-    inbox_id, _ = await router.store.write(
-        lambda c: insert_inbox(c, "operator", "admin", None, orjson.dumps(body), now)
-    )
-    router.intake.route_close_session(conversation_id, inbox_id)
-    return json_response(
-        {"accepted": True, "CCSPConversationid": conversation.ccsp_conversation_id}, status=202
-    )

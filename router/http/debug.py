@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -13,11 +14,17 @@ from router.domain.timestamps import iso_timestamp
 from router.http.inbound import InputError, bad_request, row_id
 from router.http.public import ROUTER
 from router.http.util import error_middleware, json_response
+from router.io.inspection import (
+    ConversationFilter,
+    agent_sessions,
+    dead_letter_summary,
+    find_conversations,
+    open_conversation_count,
+)
 from router.io.records import (
     conversation_deliveries,
     dead_letters,
     get_conversation,
-    list_conversations,
     parked_counts,
     ping,
     poisoned_events,
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
     from router.domain.state import Conversation
 
 MAX_PAGE = 500
+PAGE = Path(__file__).parent / "page" / "debug.html"
 
 
 def debug_app(router: Router) -> web.Application:
@@ -42,6 +50,9 @@ def debug_app(router: Router) -> web.Application:
     app.router.add_get("/debug/dead-letters", dead_letter_list)
     app.router.add_get("/debug/poisoned-events", poisoned_event_list)
     app.router.add_get("/debug/directory", directory)
+    app.router.add_get("/debug/runtime", runtime)
+    app.router.add_get("/debug/", page)
+    app.router.add_get("/debug", page)
     return app
 
 
@@ -113,21 +124,49 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def integrations(request: web.Request) -> web.Response:
+    """Each bot's supervisor as it is now, with what the store adds: parked and dead
+    letters. `?state=` narrows the list."""
     router = request.app[ROUTER]
+    wanted = request.query.get("state")
+    if wanted is not None and wanted not in ("active", "inactive"):
+        raise bad_request("state must be active or inactive")
     health = await router.integrations.health()
     parked = await router.store.read(parked_counts)
+    dead = await router.store.read(dead_letter_summary)
     views = []
     for i in list(router.integrations.items.values()):
-        supervision = await router.inspect(f"bot:{i.id}")
-        views.append(
-            {
-                **router.integration_view(i, health.get(i.id, {})),
-                "parked": parked.get(i.id, 0),
-                "restarts": supervision.get("restarts", 0),
-                "poisoned_events": supervision.get("poisoned_events", 0),
-            }
-        )
+        live = router.integration_live(i.id)
+        view = {
+            **router.integration_view(i, health.get(i.id, {})),
+            "in_flight": live.get("in_flight", 0),
+            "last_error": live.get("last_error"),
+            "parked": parked.get(i.id, 0),
+            "dead_letters": dead.get(i.id, (0, None))[0],
+            "last_dead_letter_error": dead.get(i.id, (0, None))[1],
+            "resident_conversations": live.get("resident_conversations", 0),
+            "resident_sample": live.get("resident_sample", []),
+            "restarts": live.get("restarts", 0),
+            "poisoned_events": live.get("poisoned_events", 0),
+        }
+        if wanted is None or view["state"] == wanted:
+            views.append(view)
     return json_response(views)
+
+
+async def runtime(request: web.Request) -> web.Response:
+    """The actor runtime: resident and passivated conversations, mail, rate, restarts."""
+    router = request.app[ROUTER]
+    view = router.runtime_view()
+    stored_open = await router.store.read(open_conversation_count)
+    view["conversations"]["passivated"] = max(0, stored_open - view["conversations"]["resident"])
+    return json_response(view)
+
+
+async def page(request: web.Request) -> web.Response:
+    """The live page: static, it reads the JSON views above from the browser."""
+    if request.path == "/debug":
+        raise web.HTTPFound("/debug/")
+    return web.Response(body=PAGE.read_bytes(), content_type="text/html", charset="utf-8")
 
 
 async def directory(request: web.Request) -> web.Response:
@@ -160,10 +199,23 @@ async def poisoned_event_list(request: web.Request) -> web.Response:
     )
 
 
+FILTERS = {"status": ("open", "closed"), "route": ("bot", "ccsp", "flow")}
+
+
+def conversation_filter(request: web.Request) -> ConversationFilter:
+    for name, allowed in FILTERS.items():
+        value = request.query.get(name)
+        if value is not None and value not in allowed:
+            raise bad_request(f"{name} must be one of {', '.join(allowed)}")
+    q = request.query
+    return ConversationFilter(q.get("status"), q.get("route"), q.get("integration"), q.get("user"))
+
+
 async def conversations(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     limit, cursor = _page(request)
-    items = await router.store.read(lambda c: list_conversations(c, limit + 1, cursor))
+    wanted = conversation_filter(request)
+    items = await router.store.read(lambda c: find_conversations(c, wanted, limit + 1, cursor))
     page = items[:limit]
     return json_response(
         {
@@ -181,12 +233,18 @@ async def conversation(request: web.Request) -> web.Response:
         raise InputError(404, "unknown_conversation", f"no conversation {cid!r}")
     deliveries = await router.store.read(lambda c: conversation_deliveries(c, cid))
     messages = await router.store.read(lambda c: transcript(c, cid))
+    sessions = await router.store.read(lambda c: agent_sessions(c, cid))
     return json_response(
         {
             **conversation_view(found),
             "transcript": list(messages),
             "deliveries": [delivery_view(d) for d in deliveries if d.status != "dead"],
             "dead_letters": [delivery_view(d) for d in deliveries if d.status == "dead"],
+            "agent_sessions": [
+                {**s, "updated_at": iso_timestamp(s["updated_at"])} for s in sessions
+            ],
+            # The actor itself while it is resident: mailbox, lanes, timers, recent events.
+            "live": router.conversation_live(cid),
         }
     )
 

@@ -346,15 +346,6 @@ def max_delivery_id(conn: sqlite3.Connection) -> int:
     return int(row["m"] or 0)
 
 
-def list_conversations(conn: sqlite3.Connection, limit: int, after: str) -> list[Conversation]:
-    rows = conn.execute(
-        "SELECT state FROM conversations WHERE conversation_id > ? "
-        "ORDER BY conversation_id LIMIT ?",
-        (after, limit),
-    ).fetchall()
-    return [c for c in map(conversation_from_row, rows) if c is not None]
-
-
 def parked_counts(conn: sqlite3.Connection) -> dict[str, int]:
     rows = conn.execute(
         "SELECT dest_id, count(*) AS n FROM deliveries WHERE dest_kind = 'bot' "

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from tests.conftest import Daemon, Peers
+from router.http.debug import PAGE
+from tests.clock import ManualClock
+from tests.conftest import Daemon, Peers, StartRouter
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +158,63 @@ async def test_the_page_shows_one_conversation_and_filters_by_user(
 
     page = await render(f"{daemon.debug}/debug/#user=bob")
     assert [row[1] for row in page.find(id="conversations").rows()] == ["bob"]
+
+
+async def test_the_page_shows_deliveries_owed_and_agent_sessions(
+    start_router: StartRouter, peers: Peers
+) -> None:
+    daemon = await start_router(clock=ManualClock(), retry_delays_s=[60, 300, 900, 2340])
+    await daemon.customer("hi", "m1")
+
+    async def delivered() -> bool:
+        return len(peers.bot.received) == 1
+
+    await daemon.until(delivered)
+    cid = peers.bot.bodies[0]["Conversationid"]
+    peers.ccsp.script = [503]  # the Handover waits for its retry
+    assert (await daemon.bot({"Event": "Handover", "conversation_id": cid}))[0] == 202
+
+    async def retrying() -> bool:
+        owed = (await daemon.conversation(cid))["deliveries"]
+        return any(d["status"] == "retrying" for d in owed)
+
+    await daemon.until(retrying)
+    page = await render(f"{daemon.debug}/debug/#conversation={cid}")
+    [owed] = page.find(id="c-deliveries").rows()
+    assert owed[1:5] == ["ccsp:agents", "retrying", "1", owed[4]] and owed[5] == "HTTP 503"
+    [session] = page.find(id="c-sessions").rows()
+    assert session[1:3] == ["agents", "open"]
+    assert cards(page.find(id="c-cards"))["route"] == "ccsp"
+
+
+async def test_a_long_list_of_conversations_offers_the_next_page(
+    daemon: Daemon, peers: Peers
+) -> None:
+    for n in range(51):
+        await daemon.customer("hi", f"m{n}", user=f"u{n:02}")
+
+    async def delivered() -> bool:
+        return len(peers.bot.received) == 51
+
+    await daemon.until(delivered)
+    page = await render(f"{daemon.debug}/debug/")
+    assert len(page.find(id="conversations").rows()) == 50
+    assert page.find(id="more").shown
+
+
+async def test_a_debug_port_that_wants_a_token_makes_the_page_ask_for_it(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(body=PAGE.read_bytes(), content_type="text/html")
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "unauthorized", "message": "token"}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/debug/", html)
+    app.router.add_get("/{tail:.*}", refuse)
+    server = await aiohttp_server(app)
+    page = await render(str(server.make_url("/debug/")))
+    assert page.find(id="login").shown
+    assert page.find(id="error").text() == "the debug port asks for its token"

@@ -104,7 +104,7 @@ def test_a_mixed_load_arrives_whole_and_in_order_and_is_charted(tmp_path: Path) 
     ):
         assert found["legs"][leg]["count"] > 0, leg
         assert 0 < found["legs"][leg]["p50_ms"] <= found["legs"][leg]["p99_ms"]
-    assert set(found) >= {"duplicates", "errors", "rate_msg_s"}
+    assert set(found) >= {"duplicates", "errors", "rate_msg_s", "throughput_msg_s"}
     assert chart.read_bytes().startswith(b"\x89PNG")
 
 

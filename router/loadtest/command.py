@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -225,6 +226,9 @@ async def drain(session: aiohttp.ClientSession, peers: str, deadline: float) -> 
 
 def main(args: argparse.Namespace) -> int:
     console = Console(stderr=args.json)
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        console.print("loadtest: --plot needs matplotlib: pip install 'conversation-router[plot]'")
+        return 2
     try:
         return asyncio.run(run(args, console))
     except MixError as exc:

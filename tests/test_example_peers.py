@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -139,3 +142,48 @@ def test_the_command_names_a_bad_config_and_exits_2(
     bad.write_text("[server\n")
     assert main(["peers", "--config", str(bad)]) == 2
     assert "config error" in capsys.readouterr().err
+
+
+def test_the_command_serves_until_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "peers.toml"
+    port = free_port()
+    config.write_text(
+        f"""
+[server]
+port = {free_port()}
+[admin]
+token = "a"
+[store]
+path = "{tmp_path / "r.db"}"
+[[integrations]]
+id = "b"
+name = "B"
+url = "http://127.0.0.1:{port}/bot"
+access_token = "t"
+"""
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "router.cli",
+            "peers",
+            "--config",
+            str(config),
+            "--close-after",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert f"listening on 127.0.0.1:{port}" in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -158,6 +158,10 @@ async def test_the_page_shows_one_conversation_and_filters_by_user(
 
     page = await render(f"{daemon.debug}/debug/#user=bob")
     assert [row[1] for row in page.find(id="conversations").rows()] == ["bob"]
+    page = await render(f"{daemon.debug}/debug/#status=closed")
+    assert page.find(id="conversations").rows() == []
+    page = await render(f"{daemon.debug}/debug/#route=bot&integration=support-bot&status=open")
+    assert sorted(row[1] for row in page.find(id="conversations").rows()) == ["alice", "bob"]
 
 
 async def test_the_page_shows_deliveries_owed_and_agent_sessions(

@@ -81,12 +81,12 @@ async def stop_peers(peers: RunningPeers) -> None:
 async def serve_peers(config: Config, close_after: int, out: TextIO = sys.stdout) -> None:
     peers = await start_peers(config, out, close_after)
     try:
-        listening = ", ".join(f"{h}:{p}" for h, p in peers.addresses)
-        Printer(out).line("peers", f"listening on {listening}; Ctrl-C stops them")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        listening = ", ".join(f"{h}:{p}" for h, p in peers.addresses)
+        Printer(out).line("peers", f"listening on {listening}; Ctrl-C stops them")
         await stop.wait()
     finally:
         await stop_peers(peers)

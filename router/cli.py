@@ -11,15 +11,20 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
+import structlog
+
 from router import logs
 from router.config.checks import create_store_directory
 from router.config.settings import ConfigError, check_references, load_config
 from router.daemon import Router, StartError
+from router.io.notify import Notifier
 from router.io.records import integration_rows
 from router.loadtest import command as loadtest
 from router.loadtest import setup as loadtest_setup
 from router.logs import LogFormat
 from router.peers import serve as peers
+
+_log = structlog.get_logger("router.cli")
 
 
 def configure_logging(log_format: LogFormat, level: str) -> None:
@@ -38,7 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="run the daemon", description="Run the router daemon until SIGINT or SIGTERM."
+        "serve",
+        help="run the daemon",
+        description=(
+            "Run the router daemon until SIGINT or SIGTERM; SIGHUP reloads the config file. "
+            "Under systemd (Type=notify), readiness, reloads and the stop are reported on "
+            "NOTIFY_SOCKET."
+        ),
     )
     serve.add_argument(
         "--config",
@@ -120,19 +131,59 @@ def _freeze_after_full_collection(phase: str, info: dict[str, int]) -> None:
 
 
 async def serve(config_path: str) -> int:
+    """Run until SIGINT or SIGTERM; SIGHUP reloads the config file.
+
+    The signal handlers are in place before the daemon starts, so that a SIGHUP sent while
+    it starts is a reload once it is up, not the default action (which ends the process).
+    A service manager listening on `NOTIFY_SOCKET` hears when the daemon is ready, reloading
+    and stopping.
+    """
     config = load_config(config_path)
     router = Router(config)
+    notifier = Notifier.from_environment()
     stop = asyncio.Event()
+    reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     await router.start()
     tune_interpreter()
+    notifier.ready(serving_status(router))
+    reloads = asyncio.create_task(reload_on_signal(router, config_path, reload, notifier))
     try:
         await stop.wait()
     finally:
+        notifier.stopping("stopping: closing the ports, then the actors and the store")
+        reloads.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloads
         await router.stop()
     return 0
+
+
+async def reload_on_signal(
+    router: Router, config_path: str, requested: asyncio.Event, notifier: Notifier
+) -> None:
+    """One reload per SIGHUP; those that arrive during a reload make one more after it."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        notifier.reloading(f"reloading {config_path}")
+        try:
+            applied = await router.reload(config_path)
+        except Exception:  # a fault in the reload must not end reloading, nor the daemon
+            _log.exception("config_reload_failed", file=config_path)
+            applied = False
+        status = serving_status(router)
+        if not applied:
+            status = f"{status}; the last reload was refused, see the log"
+        notifier.ready(status)
+
+
+def serving_status(router: Router) -> str:
+    debug = router.config.debug
+    return f"serving on {router.public_url}, debug port {debug.host}:{router.debug_port}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

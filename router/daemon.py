@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 from collections import defaultdict
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from actors.observe import HandledRate, conversation_live, endpoint_live, live_v
 from actors.runtime import LoopActorRef
 from router.config.settings import Config, check_references
 from router.domain.commands import ToConversation
-from router.domain.endpoint_state import EndpointState
+from router.domain.endpoint_state import EndpointState, destination_states
 from router.domain.events import ConversationEvent, HandoverDeadline, SessionIdle
 from router.domain.model import Delivery, Destination
 from router.domain.supervision import RestartPolicy
@@ -53,6 +54,7 @@ from router.io.records import (
     webhook_token,
 )
 from router.io.store import Store
+from router.reload import reload_config
 
 
 class StartError(Exception):
@@ -68,6 +70,8 @@ class Router:
         self.edge = IoEdge(self.store, self.clock, config.delivery.timeout_s, self.metrics)
         self.integrations = Integrations(self.store)
         self.ccsp_tokens: dict[str, str] = {}
+        # Shared with every conversation actor, and changed in place by a reload.
+        self.session_idle_timeouts: dict[str, float] = {}
         self.endpoints: dict[str, LoopActorRef[EndpointActor]] = {}
         self._core: LoopActorRef[CoreActor] | None = None
         self.intake: Intake | None = None
@@ -79,6 +83,7 @@ class Router:
         self.stopped = False
         self.journal = Journal()
         self._handled_rate = HandledRate()
+        self.reloading = asyncio.Lock()  # one reload at a time
         self.log = structlog.get_logger("router.daemon")
 
     @property
@@ -157,17 +162,11 @@ class Router:
         )
         for integration in self.integrations.items.values():
             self.add_endpoint(integration, *health.get(integration.id, ("active", 0)))
-        states = [
-            EndpointState(Destination("ccsp", c.id), c.url, c.access_token)
-            for c in self.config.ccsps
-        ]
-        states += [EndpointState(Destination("flow", f.id), f.url) for f in self.config.flows]
-        states += [
-            EndpointState(Destination("channel", a.id), a.outbound_url, a.token)
-            for a in self.config.assets
-        ]
-        for state in states:
+        for state in destination_states(self.config):
             self.endpoints[state.dest.key] = EndpointActor.start(state, self.edge, threshold)
+        self.session_idle_timeouts.update(
+            {c.id: c.session_idle_timeout_s for c in self.config.ccsps}
+        )
         sequence = Sequence(self.store.read_now(max_delivery_id))
 
         def deps(core: Any) -> ConversationDeps:
@@ -180,7 +179,7 @@ class Router:
                 next_delivery_id=sequence,
                 new_id=new_id,
                 handover_deadline=self.config.delivery.handover_deadline_s,
-                session_idle_timeouts={c.id: c.session_idle_timeout_s for c in self.config.ccsps},
+                session_idle_timeouts=self.session_idle_timeouts,
                 max_parked_age=self.config.delivery.max_parked_age_s,
                 metrics=self.metrics,
                 journal=self.journal,
@@ -214,15 +213,26 @@ class Router:
             endpoint_state, self.edge, self.config.delivery.inactive_after_failures
         )
 
+    def start_endpoint(self, state: EndpointState) -> None:
+        """A CCSP, flow or channel asset added by a reload."""
+        self.endpoints[state.dest.key] = EndpointActor.start(
+            state, self.edge, self.config.delivery.inactive_after_failures
+        )
+
     def reconfigure_endpoint(self, integration: Integration) -> None:
         endpoint = self.endpoints.get(f"bot:{integration.id}")
         if endpoint is not None:
             endpoint.tell(Reconfigure(integration.url, integration.access_token))
 
-    def remove_endpoint(self, integration_id: str) -> None:
-        ref = self.endpoints.pop(f"bot:{integration_id}", None)
+    def remove_endpoint(self, integration_id: str, kind: str = "bot") -> None:
+        ref = self.endpoints.pop(f"{kind}:{integration_id}", None)
         if ref is not None:
             ref.stop(block=False)
+
+    async def reload(self, path: str | Path) -> bool:
+        """Read the config file again and apply it, or keep the running one (`SIGHUP`);
+        True when applied. See `router.reload`."""
+        return await reload_config(self, path)
 
     async def stop_actors(self) -> None:
         # Timers first, then conversations (through the core), then the endpoints they send
@@ -267,7 +277,7 @@ class Router:
     def arm_session_timers(self) -> None:
         """Timers live on the loop, so a start re-arms the deadline and idle check of every
         agent session still open; one that fell due while the daemon was down fires at once."""
-        idle = {c.id: c.session_idle_timeout_s for c in self.config.ccsps}
+        idle = self.session_idle_timeouts
         for conversation in self.store.read_now(open_sessions):
             ccsp_id = conversation.ccsp_conversation_id
             if ccsp_id is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from router.config.shapes import Config
 from router.domain.model import Destination
 
 
@@ -34,3 +35,14 @@ def on_attempt(current: EndpointState, *, ok: bool, threshold: int) -> EndpointS
 
 def on_verified(current: EndpointState) -> EndpointState:
     return replace(current, state="active", consecutive_failures=0)
+
+
+def destination_states(config: Config) -> list[EndpointState]:
+    """The endpoints of a file's CCSPs, flows and channel assets, as they start. Bots have
+    theirs from the store, which also knows those created over the admin API."""
+    states = [EndpointState(Destination("ccsp", c.id), c.url, c.access_token) for c in config.ccsps]
+    states += [EndpointState(Destination("flow", f.id), f.url) for f in config.flows]
+    states += [
+        EndpointState(Destination("channel", a.id), a.outbound_url, a.token) for a in config.assets
+    ]
+    return states

@@ -69,6 +69,14 @@ class Integrations:
         rows = await self.store.write(upsert)
         self.items = {row["id"]: Integration.from_row(row) for row in rows}
 
+    def adopt(self, stored: tuple[Integration, ...], removed: tuple[str, ...]) -> None:
+        """A reload's writes, once durable. Item by item, not the whole map: one created over
+        the admin API while the reload was being written stays."""
+        for integration in stored:
+            self.items[integration.id] = integration
+        for item_id in removed:
+            self.items.pop(item_id, None)
+
     async def create(
         self, name: str, url: str, access_token: str, item_id: str | None
     ) -> Integration:

@@ -450,10 +450,23 @@ def delete_integration(conn: sqlite3.Connection, item_id: str) -> None:
 
 def owed_to_bot(conn: sqlite3.Connection, integration_id: str) -> int:
     """Deliveries a bot is still owed (dead letters aside)."""
+    return owed_to(conn, "bot", integration_id)
+
+
+def owed_to(conn: sqlite3.Connection, dest_kind: str, dest_id: str) -> int:
+    """Deliveries a destination (`bot`, `ccsp`, `flow`, `channel`) is still owed: pending,
+    in flight, retrying or parked; dead letters aside."""
     row = conn.execute(
-        "SELECT count(*) FROM deliveries WHERE dest_kind = 'bot' AND dest_id = ? "
-        "AND status != 'dead'",
-        (integration_id,),
+        "SELECT count(*) FROM deliveries WHERE dest_kind = ? AND dest_id = ? AND status != 'dead'",
+        (dest_kind, dest_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def open_sessions_with(conn: sqlite3.Connection, ccsp_id: str) -> int:
+    """Agent sessions still open with a CCSP."""
+    row = conn.execute(
+        "SELECT count(*) FROM ccsp_sessions WHERE ccsp = ? AND status = 'open'", (ccsp_id,)
     ).fetchone()
     return int(row[0])
 

@@ -16,6 +16,7 @@ from router.domain.commands import ToConversation, Verified
 from router.domain.events import Replay
 from router.http.conversation_admin import conversation_routes
 from router.http.inbound import InputError, bad_request, row_id
+from router.http.openapi import openapi_routes
 from router.http.public import ROUTER
 from router.http.util import json_response, read_json, require_bearer
 from router.io.records import (
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 
 def admin_routes(app: web.Application) -> None:
+    openapi_routes(app)  # the document describes these and the public doors
     app.router.add_get("/v1/admin/ccsp", list_ccsp)
     app.router.add_get("/v1/admin/ccsp/{id}", get_ccsp)
     app.router.add_get("/v1/admin/integrations", list_integrations)

@@ -52,6 +52,12 @@ async def read_json(request: web.Request) -> Any:
     except (web.RequestPayloadError, ConnectionResetError) as exc:
         # A broken body or a caller gone mid-body is the caller's doing, not a server fault.
         raise bad_request(f"the body could not be read: {exc}", "invalid_body") from None
+    return decode_json(body)
+
+
+def decode_json(body: bytes) -> Any:
+    """A body's JSON, or a 400 that says why not: empty, not JSON (invalid UTF-8 included), or
+    nested past the limit."""
     if not body:
         raise bad_request("the body is empty; a JSON object is expected", "invalid_json")
     try:

@@ -1,0 +1,303 @@
+"""The public and admin API as an OpenAPI 3.1 document, served at `GET /openapi.json`.
+
+Written out by hand from the same contract the README states, and checked against the live
+daemon by a fuzzing test: a status or a shape the daemon answers that is not here fails it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+JSON = "application/json"
+Schema = dict[str, Any]
+
+ERROR: Schema = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+}
+ACCEPTED: Schema = {
+    "type": "object",
+    "required": ["accepted"],
+    "properties": {
+        "accepted": {"const": True},
+        "duplicate": {"type": "boolean"},
+        "Messageid": {"type": "string"},
+        "Conversationid": {"type": "string"},
+        "CCSPConversationid": {"type": ["string", "null"]},
+    },
+}
+INTEGRATION: Schema = {
+    "type": "object",
+    "required": ["id", "name", "url", "state", "webhook_url", "consecutive_failures"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "url": {"type": "string"},
+        "state": {"enum": ["active", "inactive"]},
+        "webhook_url": {"type": "string"},
+        "consecutive_failures": {"type": "integer"},
+    },
+}
+CCSP: Schema = {
+    "type": "object",
+    "required": ["id", "url", "webhook_url"],
+    "properties": {
+        "id": {"type": "string"},
+        "url": {"type": "string"},
+        "webhook_url": {"type": "string"},
+    },
+}
+# Input keys are matched without regard to case or underscores, and custom parameters
+# travel on: the bodies are open objects; the parser's own refusals are 400s.
+EVENT_BODY: Schema = {"type": "object", "additionalProperties": True}
+ERRORS = {
+    400: "malformed or invalid input",
+    401: "a missing or wrong token",
+    404: "an unknown conversation, integration, CCSP, dead letter or poisoned event",
+    409: "a conflict with the conversation's or integration's state",
+    413: "a body over `max_body_bytes`",
+    415: "a compressed or otherwise encoded body",
+    422: "a failed verification",
+    429: "over the intake rate limit; `Retry-After` says when to try again",
+    503: "the store cannot commit, or the daemon is stopping; `Retry-After` says when to retry",
+}
+
+
+def _error(status: int) -> Schema:
+    return {"description": ERRORS[status], "content": {JSON: {"schema": ERROR}}}
+
+
+def _json(description: str, schema: Schema) -> Schema:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _operation(
+    summary: str,
+    answers: dict[int, Schema],
+    errors: tuple[int, ...],
+    *,
+    params: tuple[str, ...] = (),
+    body: Schema | None = None,
+    secured: bool = True,
+) -> Schema:
+    operation: Schema = {
+        "summary": summary,
+        "parameters": [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in params
+        ],
+        "responses": {
+            **{str(status): answer for status, answer in answers.items()},
+            **{str(status): _error(status) for status in errors},
+        },
+    }
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+    if not secured:
+        operation["security"] = []
+    return operation
+
+
+INTAKE_ERRORS = (400, 401, 404, 409, 413, 415, 429, 503)
+ADMIN_ERRORS = (401, 503)
+
+
+def document() -> Schema:
+    accepted = _json("accepted: on disk before this answer", ACCEPTED)
+    duplicate = _json("the same `Messageid` again on this asset: not delivered again", ACCEPTED)
+    integration = _json("the integration (never its access token)", INTEGRATION)
+    replayed = _json(
+        "owed again, behind its conversation's queue",
+        {"type": "object", "required": ["replayed"], "properties": {"replayed": {}}},
+    )
+    passivated = {
+        "type": "object",
+        "required": ["Conversationid", "passivated"],
+        "properties": {"Conversationid": {"type": "string"}, "passivated": {"type": "boolean"}},
+    }
+    new_integration = {
+        "type": "object",
+        "required": ["name", "url", "access_token"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "url": {"type": "string"},
+            "access_token": {"type": "string"},
+        },
+    }
+    change = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "url": {"type": "string"},
+            "access_token": {"type": "string"},
+        },
+    }
+    paths: Schema = {
+        "/v1/channels/{asset_id}/events": {
+            "post": _operation(
+                "A channel adapter's event: a customer message, a postback, a delivery report",
+                {202: accepted, 200: duplicate},
+                INTAKE_ERRORS,
+                params=("asset_id",),
+                body=EVENT_BODY,
+            )
+        },
+        "/v1/bots/{integration_id}/{webhook_token}": {
+            "post": _operation(
+                "A bot's event: a reply, a handover, a close, a milestone, ...",
+                {202: accepted},
+                INTAKE_ERRORS,
+                params=("integration_id", "webhook_token"),
+                body=EVENT_BODY,
+                secured=False,
+            )
+        },
+        "/v1/ccsp/{ccsp_id}/{webhook_token}": {
+            "post": _operation(
+                "A contact center's event: an agent message or a close",
+                {202: accepted},
+                INTAKE_ERRORS,
+                params=("ccsp_id", "webhook_token"),
+                body=EVENT_BODY,
+                secured=False,
+            )
+        },
+        "/v1/admin/ccsp": {
+            "get": _operation(
+                "The CCSPs",
+                {200: _json("every CCSP", {"type": "array", "items": CCSP})},
+                ADMIN_ERRORS,
+            )
+        },
+        "/v1/admin/ccsp/{id}": {
+            "get": _operation(
+                "One CCSP", {200: _json("the CCSP", CCSP)}, (*ADMIN_ERRORS, 404), params=("id",)
+            )
+        },
+        "/v1/admin/integrations": {
+            "get": _operation(
+                "The bots",
+                {200: _json("every bot", {"type": "array", "items": INTEGRATION})},
+                ADMIN_ERRORS,
+            ),
+            "post": _operation(
+                "Add a bot",
+                {201: integration},
+                (*ADMIN_ERRORS, 400, 409, 413),
+                body=new_integration,
+            ),
+        },
+        "/v1/admin/integrations/{id}": {
+            "get": _operation("One bot", {200: integration}, (*ADMIN_ERRORS, 404), params=("id",)),
+            "patch": _operation(
+                "Change a bot's name, URL or access token (does not reactivate it)",
+                {200: integration},
+                (*ADMIN_ERRORS, 400, 404, 413),
+                params=("id",),
+                body=change,
+            ),
+            "delete": _operation(
+                "Remove a bot not in the file, named by no rule, owed nothing",
+                {204: {"description": "removed"}},
+                (*ADMIN_ERRORS, 404, 409),
+                params=("id",),
+            ),
+        },
+        "/v1/admin/integrations/{id}/verify": {
+            "post": _operation(
+                "Send a challenge; active again when the bot echoes it",
+                {200: integration},
+                (*ADMIN_ERRORS, 404, 422),
+                params=("id",),
+            )
+        },
+        "/v1/admin/dead-letters/{id}/replay": {
+            "post": _operation(
+                "Send a dead letter again",
+                {202: replayed},
+                (*ADMIN_ERRORS, 400, 404, 409),
+                params=("id",),
+            )
+        },
+        "/v1/admin/poisoned-events/{id}/replay": {
+            "post": _operation(
+                "Route a poisoned event again",
+                {202: replayed},
+                (*ADMIN_ERRORS, 400, 404),
+                params=("id",),
+            )
+        },
+        "/v1/admin/conversations/{id}/close-session": {
+            "post": _operation(
+                "End the agent session (Reason: operator)",
+                {202: accepted},
+                (*ADMIN_ERRORS, 404, 409),
+                params=("id",),
+            )
+        },
+        "/v1/admin/conversations/{id}/close": {
+            "post": _operation(
+                "Close the conversation as its bot's Close would",
+                {202: accepted},
+                (*ADMIN_ERRORS, 404, 409),
+                params=("id",),
+            )
+        },
+        "/v1/admin/conversations/{id}/passivate": {
+            "post": _operation(
+                "Let the conversation's actor leave memory",
+                {
+                    200: _json("it left memory, or was not in it", passivated),
+                    202: _json("it leaves once its attempt is answered", passivated),
+                },
+                (*ADMIN_ERRORS, 404),
+                params=("id",),
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "This document",
+                {200: _json("OpenAPI 3.1", {"type": "object"})},
+                (),
+                secured=False,
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Conversation router",
+            "version": "1",
+            "description": (
+                "Routes customer events from digital channels to flows, bots and contact-"
+                "center agents. Accepted events are on disk before their 2xx. Input keys "
+                "match without regard to case or underscores."
+            ),
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the asset's token on channel events; the admin token "
+                    "under /v1/admin",
+                }
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
+
+
+def openapi_routes(app: web.Application) -> None:
+    body = orjson.dumps(document())
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=JSON)
+
+    app.router.add_get("/openapi.json", serve)

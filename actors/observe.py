@@ -7,6 +7,7 @@ the bot integrations and the actors with mail, not every resident conversation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
@@ -102,6 +103,7 @@ def runtime_view(
             "per_second": rate.sample(time.monotonic(), scheduler.handled),
         },
         "restarts": restarts,
+        "tasks": len(asyncio.all_tasks()),  # a leak of them shows in a soak as growth
     }
 
 

@@ -74,7 +74,7 @@ class EndpointActor(RouterActor):
                 self.in_flight -= 1
                 if not ok:
                     self.last_error = error
-                self._count(ok)
+                self._count(ok, message.throttled)
                 if not ok and self.state.inactive:
                     self.parked[delivery.conversation_id] = None
                 tell(
@@ -86,6 +86,7 @@ class EndpointActor(RouterActor):
                         attempted=True,
                         error=error,
                         inactive=self.state.inactive,
+                        retry_after=message.retry_after,
                     ),
                 )
             case Verified(core=core):
@@ -98,9 +99,9 @@ class EndpointActor(RouterActor):
                 self.state = replace(self.state, url=url, access_token=token)
         return None
 
-    def _count(self, ok: bool) -> None:
+    def _count(self, ok: bool, throttled: bool = False) -> None:
         before = self.state
-        self._set(on_attempt(before, ok=ok, threshold=self.threshold))
+        self._set(on_attempt(before, ok=ok, threshold=self.threshold, throttled=throttled))
         if self.state.inactive and not before.inactive:
             self.log.warning(
                 "integration_inactive", consecutive_failures=self.state.consecutive_failures

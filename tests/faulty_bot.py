@@ -83,8 +83,12 @@ class FaultyBot:
             await writer.drain()
             return False
         if fault.startswith("status:"):
-            code = int(fault.split(":")[1])
-            writer.write(b"HTTP/1.1 %d Scripted\r\nContent-Length: 0\r\n\r\n" % code)
+            # "status:429|Retry-After: 120": a status, and any headers after a bar.
+            status, *headers = fault.removeprefix("status:").split("|")
+            extra = b"".join(h.encode() + b"\r\n" for h in headers)
+            writer.write(
+                b"HTTP/1.1 %d Scripted\r\n%sContent-Length: 0\r\n\r\n" % (int(status), extra)
+            )
             await writer.drain()
             return False
         if fault == "silent":

@@ -8,6 +8,7 @@ arrive, in order, and the count is back to 0.
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,80 @@ async def test_a_verify_answered_with_invalid_json_keeps_the_bot_out_of_service(
     assert (await integration(daemon))["state"] == "inactive"
     status, body = await daemon.admin("POST", "/v1/admin/integrations/support-bot/verify")
     assert (status, body["state"]) == (200, "active")
+
+    async def delivered() -> bool:
+        return [b["Message"] for b in bot.received] == ["one"]
+
+    await daemon.until(delivered)
+
+
+THROTTLES = [
+    # what the bot answers, the wait the retry gets, the error recorded
+    ("status:429|Retry-After: 120", 120.0, "HTTP 429, retry after 120s"),
+    ("status:429|Retry-After: 10", 60.0, "HTTP 429, retry after 10s"),  # the schedule is later
+    ("status:429|Retry-After: 7200", 3600.0, "HTTP 429, retry after 7200s"),  # an hour at most
+    ("status:429", 60.0, "HTTP 429"),
+    ("status:429|Retry-After: soon", 60.0, "HTTP 429"),  # unreadable: the schedule
+    ("date", 300.0, "HTTP 429, retry after 300s"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "wait", "error"), THROTTLES, ids=[t[2] + f" ({t[1]:g}s)" for t in THROTTLES]
+)
+async def test_a_429_waits_for_the_later_of_the_schedule_and_retry_after_and_is_not_a_failure(
+    start_router: StartRouter,
+    peers: Peers,
+    tmp_path: Path,
+    clock: ManualClock,
+    bot: FaultyBot,
+    fault: str,
+    wait: float,
+    error: str,
+) -> None:
+    if fault == "date":  # an HTTP date five minutes ahead of the router's clock
+        fault = f"status:429|Retry-After: {email.utils.formatdate(clock.now() + 300, usegmt=True)}"
+        clock.t = float(int(clock.t))  # HTTP dates have whole seconds
+    bot.faults = [fault]
+    raw = config_with(peers, tmp_path / "router.db", bot.url, 5.0)
+    daemon = await start_router(config=raw, clock=clock)
+    assert (await daemon.customer("one", "m1"))[0] == 202
+    assert (await daemon.customer("two", "m2"))[0] == 202
+
+    async def retrying() -> bool:
+        return clock.pending() == [wait]
+
+    await daemon.until(retrying)
+    first, second = await owed(daemon)
+    assert (first["status"], first["attempt"], first["last_error"]) == ("retrying", 1, error)
+    assert second["status"] == "pending"
+    found = await integration(daemon)
+    assert (found["state"], found["consecutive_failures"]) == ("active", 0)  # busy, not broken
+    assert clock.advance(wait) == 1
+
+    async def both() -> bool:
+        return [b["Message"] for b in bot.received] == ["one", "two"]
+
+    await daemon.until(both)
+
+
+async def test_429s_never_take_a_bot_out_of_service(
+    start_router: StartRouter, peers: Peers, tmp_path: Path, clock: ManualClock, bot: FaultyBot
+) -> None:
+    raw = config_with(peers, tmp_path / "router.db", bot.url, 5.0)
+    raw["delivery"]["inactive_after_failures"] = 2
+    bot.faults = ["status:429", "status:429", "status:429"]
+    daemon = await start_router(config=raw, clock=clock)
+    assert (await daemon.customer("one", "m1"))[0] == 202
+    for delay in DELAYS[:3]:
+
+        async def waiting(delay: float = delay) -> bool:
+            return clock.pending() == [float(delay)]
+
+        await daemon.until(waiting)
+        found = await integration(daemon)
+        assert (found["state"], found["consecutive_failures"]) == ("active", 0)
+        clock.advance(delay)
 
     async def delivered() -> bool:
         return [b["Message"] for b in bot.received] == ["one"]

@@ -109,6 +109,7 @@ def handle(
                         inactive=event.inactive,
                         now=ctx.now,
                         delays=ctx.delays,
+                        retry_after=event.retry_after,
                     )
                 )
                 if event.delivery_id == conversation.handover_delivery_id:

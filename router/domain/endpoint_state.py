@@ -22,10 +22,15 @@ class EndpointState:
         return self.state == "inactive"
 
 
-def on_attempt(current: EndpointState, *, ok: bool, threshold: int) -> EndpointState:
-    """Count across all conversations; any success resets; only a bot is taken out of service."""
+def on_attempt(
+    current: EndpointState, *, ok: bool, threshold: int, throttled: bool = False
+) -> EndpointState:
+    """Count across all conversations; any success resets; only a bot is taken out of service.
+    A destination that answered 429 is busy, not failing: that changes nothing."""
     if ok:
         return replace(current, consecutive_failures=0)
+    if throttled:
+        return current
     failures = current.consecutive_failures + 1
     state = current.state
     if current.dest.kind == "bot" and failures >= threshold:

@@ -93,6 +93,7 @@ class DeliveryOutcome:
     attempted: bool
     error: str | None
     inactive: bool
+    retry_after: float | None = None  # seconds the destination asked to wait (a 429)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ class RetryAt:
 LaneDecision = Save | Remove | Send | RetryAt
 
 
+MAX_RETRY_AFTER_S = 3600.0  # a destination's Retry-After is honoured up to an hour
+
+
 @dataclass(frozen=True)
 class Lane:
     dest: Destination
@@ -128,8 +131,12 @@ def on_outcome(
     inactive: bool,
     now: float,
     delays: tuple[float, ...],
+    retry_after: float | None = None,
 ) -> Result:
-    """The endpoint's answer for the head: delivered, failed, or parked without an attempt."""
+    """The endpoint's answer for the head: delivered, failed, or parked without an attempt.
+
+    A destination that asked for time (429 with `Retry-After`) gets the later of the scheduled
+    delay and what it asked for, at most an hour: it is busy, not broken."""
     head = lane.head
     if head is None or head.delivery_id != delivery_id or lane.phase != "in_flight":
         return lane, []  # stale: a restart or a release already moved on
@@ -147,7 +154,10 @@ def on_outcome(
     if head.attempts > len(delays):
         dead = replace(head, status="dead", next_attempt_at=None, reason="retries_exhausted")
         return _advance(replace(lane, queue=lane.queue[1:]), [Save(dead)])
-    at = now + delays[head.attempts - 1]
+    delay = delays[head.attempts - 1]
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+    at = now + delay
     head = replace(head, status="retrying", next_attempt_at=at)
     lane = replace(lane, queue=(head, *lane.queue[1:]), phase="waiting")
     return lane, [Save(head), RetryAt(head.delivery_id, lane.dest, at)]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import math
 import re
 import sqlite3
 import threading
@@ -265,8 +267,11 @@ class IoEdge:
                 dest=delivery.dest.key,
                 error=error,
             )
+        throttled, wait = throttle(error)
         with contextlib.suppress(pykka.ActorDeadError):
-            attempt.reply_to.tell(AttemptResult(delivery, attempt.conversation, ok, error))
+            attempt.reply_to.tell(
+                AttemptResult(delivery, attempt.conversation, ok, error, throttled, wait)
+            )
 
     async def post(self, url: str, token: str | None, body: Any) -> tuple[bool, str | None]:
         """POST JSON; success is a complete 2xx answer within the timeout."""
@@ -292,6 +297,10 @@ class IoEdge:
                 payload = await response.read()
                 if 200 <= response.status < 300:
                     return True, None, payload
+                if response.status == 429:
+                    wait = retry_after(response.headers.get("Retry-After"), self.clock.now())
+                    asked = "" if wait is None else f"{_ASKED_TO_WAIT}{math.ceil(wait)}s"
+                    return False, f"{_HTTP_STATUS}429{asked}", payload
                 return False, f"{_HTTP_STATUS}{response.status}", payload
         except TimeoutError:
             return False, f"{_NO_ANSWER}{self.timeout.total}s", b""
@@ -304,6 +313,32 @@ class IoEdge:
 # has no space in it, so the two prefixes tell the outcomes apart.
 _HTTP_STATUS = "HTTP "
 _NO_ANSWER = "no answer within "
+_ASKED_TO_WAIT = ", retry after "
+_THROTTLED = re.compile(r"HTTP 429(?:, retry after ([0-9]+)s)?")
+
+
+def throttle(error: str | None) -> tuple[bool, float | None]:
+    """Whether an attempt's error is a 429, and the wait it asked for."""
+    found = _THROTTLED.fullmatch(error or "")
+    if found is None:
+        return False, None
+    return True, float(found.group(1)) if found.group(1) else None
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """`Retry-After` as seconds from now: a number of seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 def _outcome(ok: bool, error: str | None) -> Outcome:

@@ -84,6 +84,8 @@ class AttemptResult:
     conversation: Ref
     ok: bool
     error: str | None
+    throttled: bool = False  # answered 429
+    retry_after: float | None = None  # and asked for this many seconds
 
 
 @dataclass(frozen=True)

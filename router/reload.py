@@ -10,6 +10,9 @@ A reload is decided whole before anything changes, in this order:
    (a bot, CCSP, flow or asset) is still owed a delivery, nor a CCSP an open agent session;
    only then are bots written as at start-up, removed ones deleted, CCSP webhook tokens kept.
 
+A file refused at 2 or 3 has its removals checked too (a read), so that one refusal names
+every reason the operator has to deal with.
+
 Then, with no `await` in between, the new config replaces the old where every request and
 route reads it (one assignment each, on the loop) and endpoint actors are started,
 reconfigured or stopped. Nothing accepted is touched: conversations keep their deliveries,
@@ -30,7 +33,13 @@ from router.config.changes import ConfigChanges, config_changes, restart_keys
 from router.config.settings import Config, ConfigError, check_references, load_config
 from router.domain.endpoint_state import destination_states
 from router.io.ids import new_token
-from router.io.reload_writes import ReloadWrites, ReloadWritten, Removal, write_reload
+from router.io.reload_writes import (
+    ReloadWrites,
+    ReloadWritten,
+    Removal,
+    removal_blockers,
+    write_reload,
+)
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -65,11 +74,12 @@ async def reload_config(router: Router, path: str | Path) -> bool:
         except ConfigError as exc:
             reasons += exc.problems
         if router.intake is None or router.stopped:
-            reasons.append(f"{source}: the router is not running")
-        if reasons:
-            return _refused(source, reasons)
+            return _refused(source, [*reasons, f"{source}: the router is not running"])
         changes = config_changes(router.config, new)
         writes = ReloadWrites(new.integrations, new.ccsps, _removals(changes))
+        if reasons:
+            blockers = await router.store.read(partial(removal_blockers, removals=writes.removals))
+            return _refused(source, [*reasons, *(f"{source}: {b}" for b in blockers)])
         try:
             written = await router.store.write(
                 partial(write_reload, writes=writes, new_token=new_token, now=router.clock.now())

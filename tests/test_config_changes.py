@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from pathlib import Path
 from typing import Any
 
-from router.config.changes import config_changes, restart_keys
-from router.config.settings import parse_config
+from router.config.changes import RELOADABLE, config_changes, restart_keys
+from router.config.settings import Config, parse_config
 
 BASE: dict[str, Any] = {
     "admin": {"token": "admin-secret"},
@@ -78,8 +80,46 @@ def test_keys_read_once_at_start_need_a_restart() -> None:
         "server.port",
         "server.public_url",
         "debug.port",
+        "store.path",
         "delivery.timeout_s",
         "delivery.handover_deadline_s",
         "conversations.restart_backoff_s",
-        "store.path",
     ]
+
+
+def different(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if isinstance(value, tuple):
+        return (*value, value[0] if value else "other")
+    if isinstance(value, Path):
+        return value / "other"
+    assert value is None, value
+    return "other"
+
+
+def test_every_key_outside_the_tables_and_the_admin_token_needs_a_restart() -> None:
+    """A section added to the config later is read once at start until it is made
+    reloadable: changing any of its keys must be refused, not silently half-applied."""
+    running = parse_config(BASE)
+    checked = 0
+    for section in dataclasses.fields(Config):
+        if section.name in RELOADABLE:
+            continue
+        value = getattr(running, section.name)
+        if not dataclasses.is_dataclass(value):
+            changed = dataclasses.replace(running, **{section.name: different(value)})
+            assert len(restart_keys(running, changed)) == 1, section.name
+            checked += 1
+            continue
+        for key in dataclasses.fields(value):
+            edited = dataclasses.replace(value, **{key.name: different(getattr(value, key.name))})
+            changed = dataclasses.replace(running, **{section.name: edited})
+            assert restart_keys(running, changed) == [f"{section.name}.{key.name}"]
+            assert not config_changes(running, changed)
+            checked += 1
+    assert checked >= 20

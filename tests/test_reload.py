@@ -267,9 +267,9 @@ async def test_keys_that_need_a_restart_are_named_and_nothing_is_applied(
         for key in (
             "server.max_body_bytes",
             "debug.host",
+            "store.path",
             "delivery.retry_delays_s",
             "conversations.max_live",
-            "store.path",
         )
     ]
     assert "flow:billing" not in reloader.daemon.router.endpoints
@@ -299,10 +299,17 @@ async def test_removing_a_bot_still_owed_a_delivery_is_refused_and_the_delivery_
 
     await daemon.until(is_owed)
     raw = without_support_bot(reloader.edited(), peers)
-    reasons = await reloader.refused(raw)
-    assert reasons == [
+    owed_reason = (
         f"{reloader.path}: integrations: cannot remove 'support-bot': 1 delivery is still owed "
         "to it"
+    )
+    assert await reloader.refused(raw) == [owed_reason]
+    # Refused for another reason as well: both are named at once.
+    also = copy.deepcopy(raw)
+    also["server"]["max_body_bytes"] = 8192
+    assert await reloader.refused(also) == [
+        f"{reloader.path}: server.max_body_bytes: changed; needs a restart",
+        owed_reason,
     ]
     assert "bot:support-bot" in daemon.router.endpoints
     if owed == "parked":
@@ -469,3 +476,48 @@ async def test_events_accepted_while_the_file_is_reloaded_are_all_delivered(
     await owes_nothing(daemon)
     _, letters = await daemon.get_debug("/debug/dead-letters")
     assert letters["dead_letters"] == []
+
+
+async def test_a_changed_webhook_token_replaces_the_old_one_at_once(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    reloader = await start(start_router, peers, tmp_path)
+    daemon = reloader.daemon
+    await daemon.customer("I need a human", "m1")
+    [first] = await peers.bot.wait_for(1)
+    bot_id = first["Conversationid"]
+    assert (await daemon.bot({"Event": "Handover", "conversation_id": bot_id}))[0] == 202
+    [handover] = await peers.ccsp.wait_for(1)
+    raw = reloader.edited()
+    raw["integrations"][0]["webhook_token"] = "bot-hook-2"
+    raw["ccsp"][0]["webhook_token"] = "ccsp-hook-2"
+    assert await reloader.applied(raw) == {
+        "integrations": {"changed": {"support-bot": ["webhook_token"]}},
+        "ccsp": {"changed": {"agents": ["webhook_token"]}},
+    }
+    event = {"Event": "Custom Event", "conversation_id": bot_id}
+    assert (await daemon.bot(event))[0] == 401
+    assert (await daemon.bot(event, token="bot-hook-2"))[0] == 202
+    message = {"Event": "Agent message", "Conversationid": handover["Conversationid"]}
+    assert (await daemon.agent({**message, "Message": "hi"}))[0] == 401
+    assert (await daemon.agent({**message, "Message": "hi"}, token="ccsp-hook-2"))[0] == 202
+    _, ccsp = await daemon.admin("GET", "/v1/admin/ccsp/agents")
+    assert ccsp["webhook_url"] == f"{daemon.public}/v1/ccsp/agents/ccsp-hook-2"
+
+
+async def test_a_rule_may_name_a_bot_created_over_the_admin_api(
+    start_router: StartRouter, peers: Peers, tmp_path: Path
+) -> None:
+    reloader = await start(start_router, peers, tmp_path)
+    daemon = reloader.daemon
+    body = {"id": "api-bot", "name": "API", "url": peers.ccsp.url, "access_token": "api-secret"}
+    assert (await daemon.admin("POST", "/v1/admin/integrations", body))[0] == 201
+    raw = reloader.edited()
+    raw["services"][1]["rules"][0]["bot"] = "api-bot"
+    assert await reloader.applied(raw) == {"services": {"changed": {"plain": ["rules"]}}}
+    assert (await daemon.customer("hi", "m1", asset="sms-1"))[0] == 202
+    [to_api] = await peers.ccsp.wait_for(1)
+    assert to_api["Message"] == "hi"
+    # Still managed over the API (not `defined_in_config`), and now in use by a rule.
+    status, refused = await daemon.admin("DELETE", "/v1/admin/integrations/api-bot")
+    assert (status, refused["error"]) == (409, "in_use")

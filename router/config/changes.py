@@ -4,9 +4,9 @@ Pure comparisons, so that a reload decides everything it can before it touches t
 an actor. Two kinds of difference come out:
 
 - keys the running daemon has already built into its parts (the listeners, the store, the
-  delivery schedule every conversation was given, the directory's limits): they need a
-  restart, and a file that changes one is refused whole, so that what runs is always one
-  file's settings and never half of two;
+  delivery schedule every conversation was given, the directory's limits), and any other
+  key outside the tables of ids: they need a restart, and a file that changes one is
+  refused whole, so that what runs is always one file's settings and never half of two;
 - the tables of ids (integrations, CCSPs, flows, assets, services) and the admin token, which
   the daemon reads where it uses them: each id is added, changed (which keys) or removed.
 
@@ -17,15 +17,13 @@ and a log line must not carry one.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Protocol
 
 from router.config.shapes import Config
 
-__all__ = ["RESTART_SECTIONS", "ConfigChanges", "TableChanges", "config_changes", "restart_keys"]
+__all__ = ["RELOADABLE", "ConfigChanges", "TableChanges", "config_changes", "restart_keys"]
 
-# Sections whose every key is read once, when the daemon starts.
-RESTART_SECTIONS = ("server", "debug", "delivery", "conversations")
 # The tables of ids, by their name in the file and the Config attribute that holds them.
 TABLES = {
     "integrations": "integrations",
@@ -34,6 +32,12 @@ TABLES = {
     "assets": "assets",
     "services": "services",
 }
+# Read where they are used, at each request or event, so a reload applies them. Every
+# other key needs a restart, including a section added later until it is made reloadable:
+# applying a key that some part read once would leave the file and the daemon disagreeing.
+RELOADABLE = frozenset({*TABLES.values(), "admin_token", "source"})
+# Config attributes that are not named as in the file.
+FILE_KEYS = {"store_path": "store.path", "admin_token": "admin.token"}
 
 
 class _Item(Protocol):
@@ -86,15 +90,21 @@ class ConfigChanges:
 
 
 def restart_keys(running: Config, new: Config) -> list[str]:
-    """The keys that differ and that only a restart applies, as `section.key`."""
-    keys = [
-        f"{section}.{f.name}"
-        for section in RESTART_SECTIONS
-        for f in fields(getattr(running, section))
-        if getattr(getattr(running, section), f.name) != getattr(getattr(new, section), f.name)
-    ]
-    if running.store_path != new.store_path:
-        keys.append("store.path")
+    """The keys that differ and that only a restart applies, as the file names them
+    (`server.port`, `store.path`), in the order of `Config`."""
+    keys = []
+    for section in fields(Config):
+        if section.name in RELOADABLE:
+            continue
+        before, after = getattr(running, section.name), getattr(new, section.name)
+        if is_dataclass(before):
+            keys += [
+                f"{section.name}.{f.name}"
+                for f in fields(before)
+                if getattr(before, f.name) != getattr(after, f.name)
+            ]
+        elif before != after:
+            keys.append(FILE_KEYS.get(section.name, section.name))
     return keys
 
 

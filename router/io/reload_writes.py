@@ -24,7 +24,7 @@ from router.io.records import (
     webhook_token,
 )
 
-__all__ = ["ReloadWrites", "ReloadWritten", "Removal", "write_reload"]
+__all__ = ["ReloadWrites", "ReloadWritten", "Removal", "removal_blockers", "write_reload"]
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,7 @@ class ReloadWritten:
 def write_reload(
     conn: sqlite3.Connection, writes: ReloadWrites, new_token: Callable[[], str], now: float
 ) -> ReloadWritten:
-    blockers = tuple(
-        reason for removal in writes.removals for reason in _removal_blockers(conn, removal)
-    )
+    blockers = tuple(removal_blockers(conn, writes.removals))
     if blockers:
         return ReloadWritten(blockers)
     for removal in writes.removals:
@@ -88,8 +86,15 @@ def write_reload(
     return ReloadWritten(integrations=stored, ccsp_tokens=tokens)
 
 
-def _removal_blockers(conn: sqlite3.Connection, removal: Removal) -> list[str]:
-    """Why it cannot go yet, as the admin API's DELETE would refuse it."""
+def removal_blockers(conn: sqlite3.Connection, removals: tuple[Removal, ...]) -> list[str]:
+    """Why some of `removals` cannot go yet, as the admin API's DELETE would refuse a bot.
+
+    Also read on its own when a file is refused for other reasons, so that the operator
+    learns everything wrong with it at once."""
+    return [reason for removal in removals for reason in _blockers(conn, removal)]
+
+
+def _blockers(conn: sqlite3.Connection, removal: Removal) -> list[str]:
     reasons = []
     owed = owed_to(conn, removal.kind, removal.item_id)
     if owed:

@@ -4,6 +4,7 @@ named by `NOTIFY_SOCKET`, which the test binds and reads as systemd would; SIGHU
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
+from router.cli import reload_on_signal
+from router.config.settings import parse_config
+from router.io.notify import Notifier
 from tests.conftest import ADMIN, Peers, base_config
 from tests.test_restart import (  # noqa: F401  (launcher: the fixture)
     START_TIMEOUT,
@@ -139,3 +144,51 @@ async def test_serve_notifies_ready_reloading_and_stopping_and_sighup_reloads_th
     [refusal] = [r for r in records if r["event"] == "config_reload_refused"]
     assert refusal["reasons"][0].startswith(f"{launcher.config_path}: invalid TOML")
     assert events[-1] == "router_stopped"
+
+
+async def test_a_reload_that_raises_is_logged_and_the_next_sighup_still_reloads() -> None:
+    """`reload_on_signal` itself, with a router whose reload fails once, then applies."""
+    name = f"router-test-{uuid.uuid4().hex}"
+    outcomes: list[bool | Exception] = [RuntimeError("disk on fire"), True]
+
+    class Router:
+        public_url = "http://127.0.0.1:8080"
+        debug_port = 9090
+        config = parse_config({"admin": {"token": "t"}})
+
+        async def reload(self, path: str) -> bool:
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.setblocking(False)
+        requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(
+            reload_on_signal(Router(), "router.toml", requested, Notifier(f"@{name}"))  # type: ignore[arg-type]
+        )
+        try:
+            with capture_logs() as events:
+                statuses = []
+                for _ in outcomes[:]:
+                    requested.set()
+                    async with asyncio.timeout(10):
+                        reloading = (await loop.sock_recv(sock, 4096)).decode()
+                        ready = (await loop.sock_recv(sock, 4096)).decode()
+                    assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=")
+                    statuses.append(ready)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    serving = "STATUS=serving on http://127.0.0.1:8080, debug port 127.0.0.1:9090"
+    assert statuses == [
+        f"READY=1\n{serving}; the last reload was refused, see the log",
+        f"READY=1\n{serving}",
+    ]
+    [failed] = [e for e in events if e["event"] == "config_reload_failed"]
+    assert (failed["log_level"], failed["file"]) == ("error", "router.toml")
+    assert failed["exc_info"] is True

@@ -68,6 +68,7 @@ class EndpointActor(RouterActor):
                         conversation=conversation,
                         integration=message.integration,
                         asset=message.asset,
+                        signing_secret=self.state.signing_secret,
                     )
                 )
             case AttemptResult(delivery=delivery, conversation=conversation, ok=ok, error=error):
@@ -95,8 +96,8 @@ class EndpointActor(RouterActor):
                 parked, self.parked = self.parked, {}
                 for conversation_id in parked:
                     tell(core, ToConversation(conversation_id, Release(self.state.dest.key)))
-            case Reconfigure(url=url, access_token=token):
-                self.state = replace(self.state, url=url, access_token=token)
+            case Reconfigure(url=url, access_token=token, signing_secret=secret):
+                self.state = replace(self.state, url=url, access_token=token, signing_secret=secret)
         return None
 
     def _count(self, ok: bool, throttled: bool = False) -> None:

@@ -25,6 +25,7 @@ class Dispatch:
 class Reconfigure:
     url: str
     access_token: str | None
+    signing_secret: str | None = None
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,16 @@ class Router:
             raise StartError(f"cannot open the store at {self.config.store_path}: {exc}") from exc
 
     async def load_integrations(self) -> None:
+        # Delivery ids are this store's; the prefix tells its webhook-ids from another's.
+        self.edge.id_prefix = await self.store.write(
+            partial(
+                webhook_token,
+                kind="store",
+                item_id="webhook-id-prefix",
+                proposed=f"{new_id()[:8]}_",
+                pinned=False,
+            )
+        )
         await self.integrations.load(self.config.integrations)
         check_references(self.config, set(self.integrations.items))
         for ccsp in self.config.ccsps:
@@ -208,6 +218,7 @@ class Router:
             integration.access_token,
             "inactive" if state == "inactive" else "active",
             failures,
+            integration.signing_secret,
         )
         self.endpoints[endpoint_state.dest.key] = EndpointActor.start(
             endpoint_state, self.edge, self.config.delivery.inactive_after_failures
@@ -222,7 +233,9 @@ class Router:
     def reconfigure_endpoint(self, integration: Integration) -> None:
         endpoint = self.endpoints.get(f"bot:{integration.id}")
         if endpoint is not None:
-            endpoint.tell(Reconfigure(integration.url, integration.access_token))
+            endpoint.tell(
+                Reconfigure(integration.url, integration.access_token, integration.signing_secret)
+            )
 
     def remove_endpoint(self, integration_id: str, kind: str = "bot") -> None:
         ref = self.endpoints.pop(f"{kind}:{integration_id}", None)

@@ -51,9 +51,9 @@ _log = structlog.get_logger("router.reload")
 # Destinations besides bots: the kind deliveries name them by, their table in the file,
 # and the keys of that table an endpoint actor holds.
 DESTINATIONS = (
-    ("ccsp", "ccsp", {"url", "access_token"}),
-    ("flow", "flows", {"url"}),
-    ("channel", "assets", {"outbound_url", "token"}),
+    ("ccsp", "ccsp", {"url", "access_token", "signing_secret"}),
+    ("flow", "flows", {"url", "signing_secret"}),
+    ("channel", "assets", {"outbound_url", "token", "signing_secret"}),
 )
 
 
@@ -126,7 +126,7 @@ def _apply(router: Router, new: Config, changes: ConfigChanges, written: ReloadW
             state = states[f"{kind}:{item_id}"]
             endpoint = router.endpoints.get(state.dest.key)
             if endpoint is not None and held.intersection(keys):
-                endpoint.tell(Reconfigure(state.url, state.access_token))
+                endpoint.tell(Reconfigure(state.url, state.access_token, state.signing_secret))
         for item_id in table_changes.removed:
             router.remove_endpoint(item_id, kind)
 
@@ -142,10 +142,11 @@ def _apply_bots(router: Router, changes: ConfigChanges, written: ReloadWritten) 
         previous = before.get(integration.id)
         if f"bot:{integration.id}" not in router.endpoints:
             router.add_endpoint(integration, state, failures)
-        elif previous is None or (previous.url, previous.access_token) != (
-            integration.url,
-            integration.access_token,
-        ):
+        elif previous is None or (
+            previous.url,
+            previous.access_token,
+            previous.signing_secret,
+        ) != (integration.url, integration.access_token, integration.signing_secret):
             router.reconfigure_endpoint(integration)
     for item_id in removed:
         router.remove_endpoint(item_id)

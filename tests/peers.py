@@ -14,6 +14,7 @@ from aiohttp import web
 class Received:
     body: dict[str, Any]
     headers: dict[str, str]
+    raw: bytes = b""
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Peer:
     script: list[Any] = field(default_factory=list)
     verify: Any = "echo"
     received: list[Received] = field(default_factory=list)
+    tried: list[Received] = field(default_factory=list)  # every attempt, answered or not
     attempts: int = 0
     url: str = ""
     _changed: asyncio.Condition | None = None
@@ -43,7 +45,10 @@ class Peer:
         return [r.body for r in self.received]
 
     async def handle(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
+        raw = await request.read()
+        body = orjson.loads(raw)
+        if body.get("Event") != "Verify":
+            self.tried.append(Received(body, dict(request.headers), raw))
         if body.get("Event") == "Verify":
             if self.verify == "echo":
                 return web.json_response({"challenge": body["challenge"]})
@@ -60,7 +65,7 @@ class Peer:
             behaviour = 200
         if behaviour >= 300:
             return web.json_response({"error": "scripted"}, status=behaviour)
-        self.received.append(Received(body, dict(request.headers)))
+        self.received.append(Received(body, dict(request.headers), raw))
         await self._notify()
         return web.json_response({"ok": True}, status=behaviour)
 

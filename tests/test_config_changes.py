@@ -122,4 +122,4 @@ def test_every_key_outside_the_tables_and_the_admin_token_needs_a_restart() -> N
             assert restart_keys(running, changed) == [f"{section.name}.{key.name}"]
             assert not config_changes(running, changed)
             checked += 1
-    assert checked >= 20
+    assert checked >= 15  # the sections of today; a new key only adds to them

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from router.config.secrets import signing_secret_problem
 from router.config.shapes import (
     CcspConfig,
     Config,
@@ -50,6 +51,13 @@ def _text(value: str) -> str:
     return value
 
 
+def _signing_secret(value: str) -> str:
+    reason = signing_secret_problem(value)
+    if reason is not None:
+        raise problem(reason)
+    return value
+
+
 def _url(value: str) -> str:
     """Only a URL an attempt could reach: anything else would fail every delivery later."""
     reason = url_problem(value)
@@ -69,6 +77,7 @@ def _one_of(known: frozenset[str], what: str) -> AfterValidator:
 
 Text = Annotated[str, AfterValidator(_text)]
 Url = Annotated[Text, AfterValidator(_url)]
+SigningSecret = Annotated[Text, AfterValidator(lambda v: _signing_secret(v))]
 PublicUrl = Annotated[Url, AfterValidator(lambda value: value.rstrip("/"))]  # joined with paths
 Trigger = Annotated[Text, _one_of(CHANNEL_TRIGGERS | BOT_EVENT_TRIGGERS, "trigger")]
 Action = Annotated[Text, _one_of(ACTIONS, "action")]
@@ -127,6 +136,7 @@ class IntegrationTable(Table):
     url: Url
     access_token: Text
     webhook_token: Text | None = None
+    signing_secret: SigningSecret | None = None
 
 
 class CcspTable(Table):
@@ -135,11 +145,13 @@ class CcspTable(Table):
     access_token: Text
     webhook_token: Text | None = None
     session_idle_timeout_s: Seconds = CcspConfig.session_idle_timeout_s
+    signing_secret: SigningSecret | None = None
 
 
 class FlowTable(Table):
     id: Text
     url: Url
+    signing_secret: SigningSecret | None = None
 
 
 class AssetTable(Table):
@@ -148,6 +160,7 @@ class AssetTable(Table):
     service: Text
     outbound_url: Url
     token: Text
+    signing_secret: SigningSecret | None = None
 
 
 class RuleTable(Table):

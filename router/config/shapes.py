@@ -62,6 +62,7 @@ class IntegrationConfig:
     url: str
     access_token: str
     webhook_token: str | None = None
+    signing_secret: str | None = None  # deliveries are signed with it (Standard Webhooks)
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,14 @@ class CcspConfig:
     access_token: str
     webhook_token: str | None = None
     session_idle_timeout_s: float = 86_400.0
+    signing_secret: str | None = None
 
 
 @dataclass(frozen=True)
 class FlowConfig:
     id: str
     url: str
+    signing_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class AssetConfig:
     service: str
     outbound_url: str
     token: str
+    signing_secret: str | None = None
 
 
 @dataclass(frozen=True)

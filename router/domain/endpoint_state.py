@@ -16,6 +16,7 @@ class EndpointState:
     access_token: str | None = None
     state: Literal["active", "inactive"] = "active"
     consecutive_failures: int = 0
+    signing_secret: str | None = None
 
     @property
     def inactive(self) -> bool:
@@ -45,9 +46,20 @@ def on_verified(current: EndpointState) -> EndpointState:
 def destination_states(config: Config) -> list[EndpointState]:
     """The endpoints of a file's CCSPs, flows and channel assets, as they start. Bots have
     theirs from the store, which also knows those created over the admin API."""
-    states = [EndpointState(Destination("ccsp", c.id), c.url, c.access_token) for c in config.ccsps]
-    states += [EndpointState(Destination("flow", f.id), f.url) for f in config.flows]
+    states = [
+        EndpointState(
+            Destination("ccsp", c.id), c.url, c.access_token, signing_secret=c.signing_secret
+        )
+        for c in config.ccsps
+    ]
     states += [
-        EndpointState(Destination("channel", a.id), a.outbound_url, a.token) for a in config.assets
+        EndpointState(Destination("flow", f.id), f.url, signing_secret=f.signing_secret)
+        for f in config.flows
+    ]
+    states += [
+        EndpointState(
+            Destination("channel", a.id), a.outbound_url, a.token, signing_secret=a.signing_secret
+        )
+        for a in config.assets
     ]
     return states

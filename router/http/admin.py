@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from router.config.secrets import signing_secret_problem
 from router.config.urls import has_credentials, url_problem
 from router.domain.commands import ToConversation, Verified
 from router.domain.events import Replay
@@ -105,22 +106,25 @@ async def get_integration(request: web.Request) -> web.Response:
     return json_response(await _view(router, _integration(router, request)))
 
 
-EDITABLE = ("name", "url", "access_token")
+EDITABLE = ("name", "url", "access_token", "signing_secret")
+OPTIONAL = ("id", "signing_secret")
 
 
-def _fields(body: Any, *, required: bool) -> dict[str, str]:
+def _fields(body: Any, *, required: bool) -> dict[str, str | None]:
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     allowed = (*EDITABLE, "id") if required else EDITABLE
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}; expected {', '.join(allowed)}")
-    fields: dict[str, str] = {}
+    fields: dict[str, str | None] = {}
     for key in allowed:
         value = body.get(key)
         if value is None:
-            if required and key != "id":
+            if required and key not in OPTIONAL:
                 raise bad_request(f"{key} is required")
+            if key == "signing_secret" and key in body and not required:
+                fields[key] = None  # null removes it: deliveries go unsigned again
             continue
         if not isinstance(value, str) or not value.strip():
             raise bad_request(f"{key} must be a non-empty string")
@@ -130,6 +134,8 @@ def _fields(body: Any, *, required: bool) -> dict[str, str]:
             _check_url(value)
         if key == "id":
             _check_id(value)
+        if key == "signing_secret" and (reason := signing_secret_problem(value)) is not None:
+            raise bad_request(f"signing_secret {reason}")
         fields[key] = value
     if not required and not fields:
         raise bad_request(f"nothing to change; send any of {', '.join(EDITABLE)}")
@@ -165,7 +171,11 @@ async def create_integration(request: web.Request) -> web.Response:
         raise InputError(409, "duplicate_id", f"integration {fields['id']!r} exists")
     try:
         integration = await router.integrations.create(
-            fields["name"], fields["url"], fields["access_token"], fields.get("id")
+            str(fields["name"]),
+            str(fields["url"]),
+            str(fields["access_token"]),
+            fields.get("id"),
+            fields.get("signing_secret"),
         )
     except sqlite3.IntegrityError:
         raise InputError(409, "duplicate_id", f"integration {fields['id']!r} exists") from None

@@ -127,6 +127,7 @@ def document() -> Schema:
             "name": {"type": "string"},
             "url": {"type": "string"},
             "access_token": {"type": "string"},
+            "signing_secret": {"type": "string", "description": "whsec_…; never shown"},
         },
     }
     change = {
@@ -135,6 +136,7 @@ def document() -> Schema:
             "name": {"type": "string"},
             "url": {"type": "string"},
             "access_token": {"type": "string"},
+            "signing_secret": {"type": ["string", "null"], "description": "null removes it"},
         },
     }
     paths: Schema = {

@@ -46,9 +46,11 @@ from router.io.records import (
     open_conversation,
     transcript,
 )
+from router.io.signing import webhook_headers
 from router.io.store import Store
 
 ATTEMPTS_PER_DESTINATION = 64
+MAX_ANSWER_BYTES = 64 * 1024
 
 # How an attempt ended, as counted: a 2xx, another status, no answer in time, anything else.
 Outcome = Literal["ok", "http_error", "timeout", "error"]
@@ -59,11 +61,22 @@ class StoreFenced(Exception):
 
 
 class IoEdge:
-    def __init__(self, store: Store, clock: Clock, timeout_s: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        timeout_s: float,
+        metrics: Metrics,
+        *,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        attempts_per_destination: int = ATTEMPTS_PER_DESTINATION,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.metrics = metrics
+        self.max_answer_bytes = max_answer_bytes
+        self.attempts_per_destination = attempts_per_destination
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -73,6 +86,7 @@ class IoEdge:
         self._timers_off = False
         self._slots: dict[str, asyncio.Semaphore] = {}
         self.store_failures = 0
+        self.id_prefix = ""  # the store's, set at start-up: see `webhook_id`
         # After a store failure: accept, but route nothing until restart. Writes are numbered
         # as actors make them; the fence stands at the first that failed, so a write made
         # before it still commits when its group is redone without it.
@@ -90,6 +104,10 @@ class IoEdge:
             # Attempts wait for a slot per destination before their timeout starts, so the
             # connection pool itself never makes an attempt late.
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+            # An answer is read as it came, within `max_answer_bytes`: a compressed one
+            # could inflate past any limit before a byte of it was counted.
+            auto_decompress=False,
+            headers={"Accept-Encoding": "identity"},
         )
 
     def quiesce(self) -> None:
@@ -237,13 +255,19 @@ class IoEdge:
     async def _attempt(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
         slots = self._slots.setdefault(
-            delivery.dest.key, asyncio.Semaphore(ATTEMPTS_PER_DESTINATION)
+            delivery.dest.key, asyncio.Semaphore(self.attempts_per_destination)
         )
         started = time.perf_counter()
         try:
             async with slots:
                 started = time.perf_counter()  # the attempt leaves now, not while it waited
-                ok, error = await self.post(attempt.url, attempt.access_token, delivery.body)
+                ok, error = await self.post(
+                    attempt.url,
+                    attempt.access_token,
+                    delivery.body,
+                    webhook_id=self.webhook_id(delivery.delivery_id),
+                    secret=attempt.signing_secret,
+                )
         except Exception as exc:  # whatever went wrong, the lane must hear back
             self.log.exception(
                 "delivery_attempt_crashed",
@@ -273,13 +297,32 @@ class IoEdge:
                 AttemptResult(delivery, attempt.conversation, ok, error, throttled, wait)
             )
 
-    async def post(self, url: str, token: str | None, body: Any) -> tuple[bool, str | None]:
+    def webhook_id(self, delivery_id: int) -> str:
+        """A delivery's `webhook-id`: the same on every retry, replay and release, and, with
+        the store's own prefix, never the same as another store's."""
+        return f"msg_{self.id_prefix}{delivery_id}"
+
+    async def post(
+        self,
+        url: str,
+        token: str | None,
+        body: Any,
+        *,
+        webhook_id: str | None = None,
+        secret: str | None = None,
+    ) -> tuple[bool, str | None]:
         """POST JSON; success is a complete 2xx answer within the timeout."""
-        ok, error, _ = await self.exchange(url, token, body)
+        ok, error, _ = await self.exchange(url, token, body, webhook_id=webhook_id, secret=secret)
         return ok, error
 
     async def exchange(
-        self, url: str, token: str | None, body: Any
+        self,
+        url: str,
+        token: str | None,
+        body: Any,
+        *,
+        webhook_id: str | None = None,
+        secret: str | None = None,
     ) -> tuple[bool, str | None, bytes]:
         """POST JSON and read the answer; the error, if any, is safe to store and log.
 
@@ -287,14 +330,17 @@ class IoEdge:
         the access token) somewhere nobody configured, or turn it into a GET.
         """
         assert self.session is not None
-        headers = {}
+        data = orjson.dumps(body)  # the bytes sent are the bytes signed
+        headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if webhook_id is not None:
+            headers |= webhook_headers(webhook_id, self.clock.now(), data, secret)
         try:
             async with self.session.post(
-                url, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
+                url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
-                payload = await response.read()
+                payload = await read_answer(response, self.max_answer_bytes)
                 if 200 <= response.status < 300:
                     return True, None, payload
                 if response.status == 429:
@@ -302,11 +348,33 @@ class IoEdge:
                     asked = "" if wait is None else f"{_ASKED_TO_WAIT}{math.ceil(wait)}s"
                     return False, f"{_HTTP_STATUS}429{asked}", payload
                 return False, f"{_HTTP_STATUS}{response.status}", payload
+        except AnswerTooLarge as exc:
+            return False, str(exc), b""
         except TimeoutError:
             return False, f"{_NO_ANSWER}{self.timeout.total}s", b""
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             # ValueError: aiohttp refuses a header or URL it cannot send.
             return False, _safe_error(exc, url, token), b""
+
+
+class AnswerTooLarge(Exception):
+    """A peer's answer past the cap: the attempt fails, and no more of it is read."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"answer larger than {cap} bytes")
+
+
+async def read_answer(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The answer's body, holding at most `cap` bytes of it: a peer that declares more fails
+    at once, one that sends more (chunked, or without end) once the cap is passed."""
+    if response.content_length is not None and response.content_length > cap:
+        raise AnswerTooLarge(cap)
+    body = bytearray()
+    while chunk := await response.content.read(cap + 1 - len(body)):
+        body += chunk
+        if len(body) > cap:
+            raise AnswerTooLarge(cap)
+    return bytes(body)
 
 
 # The errors `exchange` words itself; any other starts with an exception's type name, which

@@ -46,6 +46,7 @@ class Attempt:
     conversation: Ref
     integration: str | None = None
     asset: str | None = None
+    signing_secret: str | None = None  # the destination's: its deliveries carry a signature
 
 
 @dataclass(frozen=True)

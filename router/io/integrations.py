@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ from router.io.records import (
     insert_integration,
     integration_rows,
     save_configured_integrations,
+    save_signing_secret,
+    signing_secrets,
     update_integration,
 )
 from router.io.store import Store
@@ -34,6 +37,7 @@ class Integration:
     access_token: str
     webhook_token: str
     origin: Origin
+    signing_secret: str | None = None  # never shown; its deliveries are signed with it
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Integration:
@@ -63,11 +67,22 @@ class Integrations:
         rows_in = tuple((i.id, i.name, i.url, i.access_token, i.webhook_token) for i in configured)
         now = time.time()
 
-        def upsert(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            return save_configured_integrations(conn, rows_in, new_token, now)
+        def upsert(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], dict[str, str]]:
+            return save_configured_integrations(conn, rows_in, new_token, now), signing_secrets(
+                conn
+            )
 
-        rows = await self.store.write(upsert)
-        self.items = {row["id"]: Integration.from_row(row) for row in rows}
+        rows, stored = await self.store.write(upsert)
+        from_file = {i.id: i.signing_secret for i in configured}
+        self.items = {
+            row["id"]: replace(
+                Integration.from_row(row),
+                signing_secret=from_file[row["id"]]
+                if row["id"] in from_file
+                else stored.get(row["id"]),
+            )
+            for row in rows
+        }
 
     def adopt(self, stored: tuple[Integration, ...], removed: tuple[str, ...]) -> None:
         """A reload's writes, once durable. Item by item, not the whole map: one created over
@@ -78,31 +93,41 @@ class Integrations:
             self.items.pop(item_id, None)
 
     async def create(
-        self, name: str, url: str, access_token: str, item_id: str | None
+        self,
+        name: str,
+        url: str,
+        access_token: str,
+        item_id: str | None,
+        signing_secret: str | None = None,
     ) -> Integration:
         integration = Integration(
-            item_id or slug(name), name, url, access_token, new_token(), "admin"
+            item_id or slug(name), name, url, access_token, new_token(), "admin", signing_secret
         )
 
         token, now = integration.webhook_token, time.time()
-        await self.store.write(
-            lambda conn: insert_integration(
-                conn, integration.id, name, url, access_token, token, now
-            )
-        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            insert_integration(conn, integration.id, name, url, access_token, token, now)
+            save_signing_secret(conn, integration.id, signing_secret)
+
+        await self.store.write(write)
         self.items[integration.id] = integration
         return integration
 
-    async def update(self, item_id: str, changes: dict[str, str]) -> Integration:
+    async def update(self, item_id: str, changes: Mapping[str, str | None]) -> Integration:
+        """`signing_secret` None in `changes` removes it; left out, it stays."""
         current = self.items[item_id]  # KeyError: deleted meanwhile
         updated = replace(
             current,
-            name=changes.get("name", current.name),
-            url=changes.get("url", current.url),
-            access_token=changes.get("access_token", current.access_token),
+            name=changes.get("name") or current.name,
+            url=changes.get("url") or current.url,
+            access_token=changes.get("access_token") or current.access_token,
+            signing_secret=changes.get("signing_secret", current.signing_secret),
         )
 
         def write(conn: sqlite3.Connection) -> bool:
+            if "signing_secret" in changes:
+                save_signing_secret(conn, item_id, updated.signing_secret)
             return update_integration(
                 conn, item_id, updated.name, updated.url, updated.access_token
             )

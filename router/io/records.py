@@ -381,6 +381,18 @@ def webhook_token(
     return str(row["token"])
 
 
+def signing_secrets(conn: sqlite3.Connection) -> dict[str, str]:
+    """The signing secrets of bots created over the admin API, by id; a file's are in it."""
+    rows = conn.execute("SELECT id, token FROM webhook_tokens WHERE kind = 'signing'").fetchall()
+    return {row["id"]: row["token"] for row in rows}
+
+
+def save_signing_secret(conn: sqlite3.Connection, item_id: str, secret: str | None) -> None:
+    conn.execute("DELETE FROM webhook_tokens WHERE kind = 'signing' AND id = ?", (item_id,))
+    if secret is not None:
+        conn.execute("INSERT INTO webhook_tokens VALUES ('signing', ?, ?)", (item_id, secret))
+
+
 # -- integrations ------------------------------------------------------------------------
 
 
@@ -446,6 +458,7 @@ def update_integration(
 
 def delete_integration(conn: sqlite3.Connection, item_id: str) -> None:
     conn.execute("DELETE FROM integrations WHERE id = ?", (item_id,))
+    save_signing_secret(conn, item_id, None)
 
 
 def owed_to_bot(conn: sqlite3.Connection, integration_id: str) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from router.config.settings import CcspConfig, IntegrationConfig
 from router.io.integrations import Integration
@@ -68,8 +68,13 @@ def write_reload(
     )
     ids = {i.id for i in writes.integrations}
     rows = save_configured_integrations(conn, configured, new_token, now)
+    secrets = {i.id: i.signing_secret for i in writes.integrations}
     stored = tuple(
-        (Integration.from_row(r), str(r["state"]), int(r["consecutive_failures"]))
+        (
+            replace(Integration.from_row(r), signing_secret=secrets[r["id"]]),
+            str(r["state"]),
+            int(r["consecutive_failures"]),
+        )
         for r in rows
         if r["id"] in ids
     )

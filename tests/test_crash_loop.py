@@ -1,5 +1,6 @@
-"""A crash loop: the daemon is killed with SIGKILL again and again while customers write;
-every message it answered 202 reaches the bot, in order per customer."""
+"""A crash loop: the daemon is killed with SIGKILL at random moments again and again while
+customers write; every message it answered 202 reaches the bot, in order per customer, and
+one that arrives twice arrives under the same `webhook-id`."""
 
 from __future__ import annotations
 
@@ -67,4 +68,16 @@ async def test_nothing_accepted_is_lost_across_ten_kills_under_load(
     assert len(everything) > ROUNDS * len(USERS)
     await until_delivered(peers, everything)
     assert_in_order_per_user(peers, writers.accepted)
+    assert_repeats_share_their_webhook_id(peers)
     assert await final.terminate() == 0, final.output()
+
+
+def assert_repeats_share_their_webhook_id(peers: Peers) -> None:
+    """At least once, but a message that arrives twice arrives under one `webhook-id`, so that
+    the bot can tell the repeat and drop it."""
+    ids: dict[str, set[str]] = {}
+    for received in peers.bot.received:
+        ids.setdefault(received.body["Messageid"], set()).add(received.headers["webhook-id"])
+    assert all(len(found) == 1 for found in ids.values()), {
+        m: found for m, found in ids.items() if len(found) > 1
+    }

@@ -9,6 +9,7 @@ the schema has already reported it.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ __all__ = [
     "config_references",
     "create_store_directory",
     "cross_table_problems",
+    "is_loopback",
     "reference_problems",
     "store_problems",
 ]
@@ -37,6 +39,7 @@ ID_TABLES = {
 }
 RULE_REFERENCES = {"bot": "integration", "ccsp": "ccsp", "flow": "flow", "asset": "asset"}
 ANY_HOST = frozenset({"", "0.0.0.0", "::"})  # a listener here takes the port on every host
+LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def cross_table_problems(raw: Mapping[str, Any]) -> list[Problem]:
     }
     return [
         *_port_problems(raw),
+        *_debug_token_problems(raw),
         *_duplicate_problems(raw),
         *reference_problems(_raw_references(raw), known),
     ]
@@ -146,6 +150,34 @@ def _port_problems(raw: Mapping[str, Any]) -> list[Problem]:
     on = " and ".join(sorted(hosts)) if len(hosts) > 1 else next(iter(hosts))
     reason = f"clashes with server.port: both listen on port {public[1]} ({on})"
     return [Problem("debug.port", reason)]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener on `host` is reachable from this machine only: 127.0.0.0/8, ::1
+    or localhost. Any other name may resolve to an outside address."""
+    host = host.strip().lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _debug_token_problems(raw: Mapping[str, Any]) -> list[Problem]:
+    """The debug port shows transcripts and the router's inner state: off loopback, only to
+    whoever holds its token."""
+    debug = _listener(raw, "debug", DebugConfig.host, DebugConfig.port)
+    table = raw.get("debug", {})
+    if debug is None or not isinstance(table, dict) or is_loopback(debug[0]):
+        return []
+    if table.get("token") is not None:
+        return []  # present: the schema checks its type
+    reason = (
+        f"is required when debug.host is not a loopback address (127.0.0.0/8, ::1, "
+        f"localhost), got host {debug[0]!r}"
+    )
+    return [Problem("debug.token", reason)]
 
 
 def _listener(raw: Mapping[str, Any], key: str, host: str, port: int) -> tuple[str, int] | None:

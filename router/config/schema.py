@@ -103,6 +103,7 @@ class ServerTable(Table):
 class DebugTable(Table):
     host: Text = DebugConfig.host
     port: Port = DebugConfig.port
+    token: Text | None = None
 
 
 class AdminTable(Table):

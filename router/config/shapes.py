@@ -36,6 +36,8 @@ class ServerConfig:
 class DebugConfig:
     host: str = "127.0.0.1"
     port: int = 9090
+    # Bearer token for every debug path but /healthz and /metrics; required off loopback.
+    token: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.domain.model import Delivery
 from router.domain.timestamps import iso_timestamp
+from router.http.debug_access import debug_token_middleware, mask_url, mask_webhook_url
 from router.http.inbound import InputError, bad_request, row_id
 from router.http.public import ROUTER
 from router.http.util import error_middleware, json_response
@@ -40,7 +41,12 @@ PAGE = Path(__file__).parent / "page" / "debug.html"
 
 
 def debug_app(router: Router) -> web.Application:
-    app = web.Application(middlewares=[error_middleware(lambda s: None)])
+    app = web.Application(
+        middlewares=[
+            error_middleware(lambda s: None),
+            debug_token_middleware(lambda: router.config.debug.token),
+        ]
+    )
     app[ROUTER] = router
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -136,8 +142,11 @@ async def integrations(request: web.Request) -> web.Response:
     views = []
     for i in list(router.integrations.items.values()):
         live = router.integration_live(i.id)
+        shown = router.integration_view(i, health.get(i.id, {}))
         view = {
-            **router.integration_view(i, health.get(i.id, {})),
+            **shown,
+            "url": mask_url(shown["url"]),
+            "webhook_url": mask_webhook_url(shown["webhook_url"]),
             "in_flight": live.get("in_flight", 0),
             "last_error": live.get("last_error"),
             "parked": parked.get(i.id, 0),

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 
+from router.io.disk import make_private
 from router.io.metrics import Metrics
 
 T = TypeVar("T")
@@ -191,6 +192,7 @@ class Store:
     def open(self) -> None:
         """Create the file and schema; sqlite3/OS errors go to the caller, who names the path."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self.path)
         conn = connect(self.path)
         migrate(conn)
         self._writer = threading.Thread(

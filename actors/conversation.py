@@ -289,17 +289,19 @@ class ConversationActor(RouterActor):
             self.deps.core.tell(ConversationClosed(cid, step.conversation.key))
 
     def _send(self, delivery: Any) -> Tell:
+        # The destination was removed (or is, before the Dispatch arrives): the attempt fails
+        # so that the delivery ends as a dead letter, visible and replayable.
+        outcome = DeliveryOutcome(
+            delivery.delivery_id,
+            delivery.dest.key,
+            ok=False,
+            attempted=True,
+            error="unknown destination",
+            inactive=False,
+        )
+        unknown = Tell(self.actor_ref, outcome)
         endpoint = self.deps.endpoints.get(delivery.dest.key)
         if endpoint is None:
-            # The destination was removed: fail the attempt so that it ends as a dead letter.
-            outcome = DeliveryOutcome(
-                delivery.delivery_id,
-                delivery.dest.key,
-                ok=False,
-                attempted=True,
-                error="unknown destination",
-                inactive=False,
-            )
-            return Tell(self.actor_ref, outcome)
+            return unknown
         c = self.conversation
-        return Tell(endpoint, Dispatch(delivery, self.actor_ref, c.bot, c.asset))
+        return Tell(endpoint, Dispatch(delivery, self.actor_ref, c.bot, c.asset), unknown)

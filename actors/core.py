@@ -157,8 +157,9 @@ class CoreActor(RouterActor):
             case Idle(conversation_id=cid):
                 self.busy.discard(cid)
                 if cid in self.closed or cid in self.passivating:
-                    self.passivating.discard(cid)
                     self._ask_to_retire(cid)
+                    if cid not in self.busy:  # mail came in between: it is asked again later
+                        self.passivating.discard(cid)
                 self._evict()
             case Retired(conversation_id=cid):
                 # A read of this conversation already under way, by id or by identity, may

@@ -15,17 +15,19 @@ from router.domain.timestamps import iso_timestamp
 
 class Journal:
     def __init__(self, size: int = 4096) -> None:
-        self._ring: deque[tuple[str, float, Any]] = deque(maxlen=size)
+        self._ring: deque[tuple[str, float, dict[str, Any]]] = deque(maxlen=size)
 
     def note(self, conversation_id: str, at: float, event: Any) -> None:
-        self._ring.append((conversation_id, at, event))
+        """What is kept is the event's description, never its body: the ring's memory stays
+        small whatever the messages carry."""
+        self._ring.append((conversation_id, at, describe(event)))
 
     def of(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Newest first."""
         found: list[dict[str, Any]] = []
         for cid, at, event in reversed(self._ring):
             if cid == conversation_id:
-                found.append({"at": iso_timestamp(at), **describe(event)})
+                found.append({"at": iso_timestamp(at), **event})
                 if len(found) == limit:
                     break
         return found

@@ -49,6 +49,11 @@ def test_a_second_arrival_at_one_destination_is_a_duplicate_not_a_misorder() -> 
     assert (v.duplicates, v.misordered, v.ok) == (1, 0, True)
 
 
+def test_a_copy_to_the_bot_alone_is_not_a_delivery() -> None:
+    v = judge(sent("a.cc1.1", "c.u1.5"), at("bot-copy", "a.cc1.1", "c.u1.5"))
+    assert (v.lost, v.delivered, v.ok) == (2, 0, False)
+
+
 def test_a_message_refused_when_processed_and_reported_back_is_not_lost() -> None:
     v = judge(sent("r.c1.1"), [], excused=["r.c1.1"])
     assert (v.lost, v.excused, v.ok) == (0, 1, True)

@@ -24,6 +24,7 @@ import pykka
 import structlog
 
 from router.domain.commands import Ref
+from router.domain.events import DeliveryOutcome
 from router.io.clock import Clock, Timer
 from router.io.effects import (
     Attempt,
@@ -224,8 +225,12 @@ class IoEdge:
             timer = self.clock.call_at(item.at, fire)
             self._timers.add(timer)
             return
-        with contextlib.suppress(pykka.ActorDeadError):
+        try:
             item.ref.tell(item.message)
+        except pykka.ActorDeadError:
+            # An endpoint a reload stopped meanwhile: its conversation must still hear back.
+            if item.undeliverable is not None:
+                self._tell(item.undeliverable)
 
     async def _load(self, load: Load) -> None:
         kind, _, value = load.lookup.partition(":")
@@ -292,10 +297,18 @@ class IoEdge:
                 error=error,
             )
         throttled, wait = throttle(error)
-        with contextlib.suppress(pykka.ActorDeadError):
+        try:
             attempt.reply_to.tell(
                 AttemptResult(delivery, attempt.conversation, ok, error, throttled, wait)
             )
+        except pykka.ActorDeadError:
+            # Its endpoint stopped (a reload removed the destination): the lane must hear back
+            # all the same, or it would wait for this answer forever.
+            answer = DeliveryOutcome(
+                delivery.delivery_id, delivery.dest.key, ok, True, error, False, wait
+            )
+            with contextlib.suppress(pykka.ActorDeadError):
+                attempt.conversation.tell(answer)
 
     def webhook_id(self, delivery_id: int) -> str:
         """A delivery's `webhook-id`: the same on every retry, replay and release, and, with

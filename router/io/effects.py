@@ -15,6 +15,7 @@ from router.io.records import Write
 class Tell:
     ref: Ref
     message: Any
+    undeliverable: Tell | None = None  # told instead when `ref` has stopped
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from router.loadtest.mix import Mix
+from router.loadtest.verdict import COPIES
 
 Record = tuple[str, str, int]  # mid, stream, seq
 
@@ -72,8 +73,9 @@ class Recorder:
 
     def arrive(self, mid: str, stream: str, seq: int, dest: str, conversation: str) -> None:
         self.arrivals.append((mid, stream, seq, dest, conversation))
-        self._arrived.add(mid)
-        self._owed.discard(mid)
+        if dest not in COPIES:  # a copy to the bot is not the delivery that was owed
+            self._arrived.add(mid)
+            self._owed.discard(mid)
 
     def arrived(self, text: object, dest: str, conversation: str, leg: str | None) -> str | None:
         found = unstamp(text)
@@ -113,7 +115,7 @@ class LoadPeers:
     counters: Counter[str] = field(default_factory=Counter)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    reported: dict[str, Record] = field(default_factory=dict)  # outbound Messageid -> report
+    reported: dict[str, Record | None] = field(default_factory=dict)  # outbound Messageid
     random: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -153,8 +155,11 @@ class LoadPeers:
             url, data=orjson.dumps(body), headers={"Content-Type": "application/json", **headers}
         ) as answer:
             payload = await answer.read()
-            if answer.status < 300:
+            if answer.status == 202:
                 return True
+            if answer.status == 200:  # a duplicate: accepted before, not a new message
+                self.record.errors[f"{what}: duplicate"] += 1
+                return False
             code = orjson.loads(payload).get("error", "") if payload[:1] == b"{" else ""
             self.record.errors[f"{what}: {answer.status} {code}".strip()] += 1
             return False
@@ -171,6 +176,8 @@ class LoadPeers:
         if event == "Message Delivery":
             self._report_arrived(body, "bot", cid)
         elif event in ("Agent Session Closed", "Handover Failed"):
+            for withdrawn in body.get("Unanswered") or ():
+                self.record.excuse(str(withdrawn))  # the contract withdraws them, and says so
             closed = str(body.get("CCSPConversationid", ""))
             self.record.arrive(f"x.{closed}.1", f"x.{closed}", 1, "bot", cid)
             self.bot_state[cid] = "bot"
@@ -282,9 +289,12 @@ class LoadPeers:
             if leg is not None and found is not None:
                 now = time.monotonic()
                 self.record.latencies.setdefault(leg, []).append((now, (now - found[3]) * 1000))
-            if not self.quiet and self.random.random() < self.spec.mix.report:
+            message_id = str(body.get("Messageid", ""))
+            repeat = message_id in self.reported
+            if not self.quiet and not repeat and self.random.random() < self.spec.mix.report:
                 user = str(body.get("Userid", ""))
-                self.react(f"channel.{user}", self._report(user, str(body.get("Messageid", ""))))
+                self.reported[message_id] = None  # one report per message, however it arrives
+                self.react(f"channel.{user}", self._report(user, message_id))
         return web.json_response({"ok": True})
 
     async def _report(self, user: str, message_id: str) -> None:

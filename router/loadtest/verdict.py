@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# Destinations that get a copy of what was owed elsewhere (the bot, of an agent session's
+# messages): judged for order and repeats, but a copy alone is not a delivery.
+COPIES = frozenset({"bot-copy"})
+
 
 @dataclass(frozen=True, slots=True)
 class Sent:
@@ -51,7 +55,7 @@ def judge(
 ) -> Verdict:
     accepted = {s.mid for s in sent}
     refused = set(excused) & accepted
-    arrived: set[str] = set()
+    arrived: set[str] = set()  # where it was owed; a copy to the bot does not count
     seen: set[tuple[str, str]] = set()
     highest: dict[tuple[str, str, str], int] = {}
     misordered = duplicates = 0
@@ -60,7 +64,8 @@ def judge(
             duplicates += 1
             continue
         seen.add((arrival.mid, arrival.dest))
-        arrived.add(arrival.mid)
+        if arrival.dest not in COPIES:
+            arrived.add(arrival.mid)
         where = (arrival.stream, arrival.dest, arrival.conversation)
         top = highest.get(where)
         if top is not None and arrival.seq < top:

@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from router.config.settings import AssetConfig, CcspConfig, Config, FlowConfig, IntegrationConfig
@@ -41,7 +42,7 @@ class Background:
         async def guarded() -> None:
             try:
                 await work
-            except (RouterRefused, OSError, TimeoutError) as exc:
+            except (RouterRefused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 self.printer.line(who, f"!! the router refused or could not be reached: {exc}")
 
         task = asyncio.create_task(guarded())

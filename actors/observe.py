@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pykka import ActorDeadError
@@ -124,23 +125,40 @@ class HandledRate:
         return self._rate
 
 
-def endpoint_live(
-    ref: LoopActorRef[EndpointActor], core: LoopActorRef[CoreActor] | None, sample: int = 20
-) -> dict[str, Any]:
+@dataclass
+class Residents:
+    """Resident conversations by bot: how many, and the first few ids."""
+
+    count: int = 0
+    sample: list[str] = field(default_factory=list)
+
+
+def residents_by_bot(
+    core: LoopActorRef[CoreActor] | None, sample: int = 20
+) -> dict[str, Residents]:
+    """One pass over the resident conversations for every bot at once."""
+    found: dict[str, Residents] = {}
+    if core is None:
+        return found
+    with contextlib.suppress(ActorDeadError):
+        for cid, conversation_ref in list(actor_of(core).live.items()):
+            with contextlib.suppress(ActorDeadError):
+                bot = actor_of(conversation_ref).conversation.bot
+                if bot is not None:
+                    entry = found.setdefault(bot, Residents())
+                    entry.count += 1
+                    if len(entry.sample) < sample:
+                        entry.sample.append(cid)
+    return found
+
+
+def endpoint_live(ref: LoopActorRef[EndpointActor], residents: Residents) -> dict[str, Any]:
     """An integration supervisor: its state, attempts out, parked conversations, and the
     resident conversations that deliver to it (counted over the resident ones only)."""
     try:
         endpoint = actor_of(ref)
     except ActorDeadError:
         return {}
-    dest = endpoint.state.dest
-    resident: list[str] = []
-    if core is not None and dest.kind == "bot":
-        with contextlib.suppress(ActorDeadError):
-            for cid, conversation_ref in list(actor_of(core).live.items()):
-                with contextlib.suppress(ActorDeadError):
-                    if actor_of(conversation_ref).conversation.bot == dest.id:
-                        resident.append(cid)
     return {
         "state": endpoint.state.state,
         "consecutive_failures": endpoint.state.consecutive_failures,
@@ -149,8 +167,8 @@ def endpoint_live(
         "parked_conversations": len(endpoint.parked),
         "restarts": endpoint.supervised["restarted"],
         "poisoned_events": endpoint.supervised["poisoned"],
-        "resident_conversations": len(resident),
-        "resident_sample": sorted(resident)[:sample],
+        "resident_conversations": residents.count,
+        "resident_sample": residents.sample,
     }
 
 

@@ -23,7 +23,15 @@ from actors.core import CoreActor
 from actors.endpoint import EndpointActor
 from actors.journal import Journal
 from actors.messages import Inspect, Passivate, Reconfigure, Restore
-from actors.observe import HandledRate, conversation_live, endpoint_live, live_view, runtime_view
+from actors.observe import (
+    HandledRate,
+    Residents,
+    conversation_live,
+    endpoint_live,
+    live_view,
+    residents_by_bot,
+    runtime_view,
+)
 from actors.runtime import LoopActorRef
 from router.config.settings import Config, check_references
 from router.domain.commands import ToConversation
@@ -390,9 +398,14 @@ class Router:
         """Read on the loop, between the actors' turns: a snapshot that asks no actor."""
         return runtime_view(self._core, self.endpoints, self._handled_rate)
 
-    def integration_live(self, integration_id: str) -> dict[str, Any]:
-        ref = self.endpoints.get(f"bot:{integration_id}")
-        return {} if ref is None else endpoint_live(ref, self._core)
+    def integrations_live(self) -> dict[str, dict[str, Any]]:
+        """Every bot's supervisor, with one pass over the resident conversations for all."""
+        residents = residents_by_bot(self._core)
+        return {
+            key.removeprefix("bot:"): endpoint_live(ref, residents.get(key[4:], Residents()))
+            for key, ref in list(self.endpoints.items())
+            if key.startswith("bot:")
+        }
 
     def conversation_live(self, conversation_id: str) -> dict[str, Any] | None:
         return conversation_live(self._core, conversation_id, self.journal)

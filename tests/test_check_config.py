@@ -284,3 +284,24 @@ def test_serve_refuses_to_start_with_the_same_problems(tmp_path: Path) -> None:
     assert result.returncode == 2
     for line in SEVERAL_PROBLEMS:
         assert line in result.stderr
+
+
+def test_a_file_that_is_not_utf8_is_reported_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'[admin]\ntoken = "caf\xe9"\n')
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_duration_past_ten_years_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "long.toml"
+    config.write_text(
+        f'[admin]\ntoken = "a"\n[store]\npath = "{tmp_path / "r.db"}"\n'
+        "[delivery]\nhandover_deadline_s = 1e300\n"
+    )
+    assert main(["check-config", "--config", str(config)]) == 2
+    assert "delivery.handover_deadline_s" in capsys.readouterr().err

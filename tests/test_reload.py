@@ -400,11 +400,9 @@ async def test_removing_a_ccsp_with_an_open_agent_session_is_refused(
     await owes_nothing(daemon)
     raw = reloader.edited()
     raw["ccsp"] = []
-    raw["services"][0]["rules"][0] = {
-        "on": "incoming_message",
-        "action": "forward_to_bot",
-        "bot": "support-bot",
-    }
+    raw["services"][0]["rules"] = [
+        {"on": "incoming_message", "action": "forward_to_bot", "bot": "support-bot"}
+    ]
     reasons = await reloader.refused(raw)
     assert reasons == [
         f"{reloader.path}: ccsp: cannot remove 'agents': 1 agent session is still open with it"
@@ -417,6 +415,10 @@ async def test_removing_a_ccsp_with_an_open_agent_session_is_refused(
     status, items = await daemon.admin("GET", "/v1/admin/ccsp")
     assert (status, items) == (200, [])
     assert (await daemon.agent(close))[0] == 401
+    # The conversation was made with that CCSP; a handover now has nowhere to go.
+    handover = {"Event": "Handover", "conversation_id": first["Conversationid"]}
+    status, answer = await daemon.bot(handover)
+    assert (status, answer["error"]) == (409, "no_ccsp")
 
 
 async def test_a_ccsp_added_and_the_admin_token_changed_apply_at_once(

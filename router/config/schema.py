@@ -83,8 +83,11 @@ Trigger = Annotated[Text, _one_of(CHANNEL_TRIGGERS | BOT_EVENT_TRIGGERS, "trigge
 Action = Annotated[Text, _one_of(ACTIONS, "action")]
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port, as tests and benches use
 Count = Annotated[int, Field(ge=1, le=LIMIT)]
-Seconds = Annotated[float, Field(gt=0)]
-Delay = Annotated[float, Field(ge=0)]
+# Ten years: a longer duration is a mistake, and past it the timestamps it makes would not
+# be dates any more.
+DECADE = 10 * 365.25 * 86_400
+Seconds = Annotated[float, Field(gt=0, le=DECADE)]
+Delay = Annotated[float, Field(ge=0, le=DECADE)]
 
 
 class Table(BaseModel):

@@ -67,6 +67,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{source}: file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
     return _checked(raw, source, store_problems(raw))

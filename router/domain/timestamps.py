@@ -26,6 +26,10 @@ def _second_text(second: int) -> str:
 
 
 def iso_timestamp(epoch: float | None) -> str | None:
+    """None for no time, and for one no calendar holds: a view never fails on a date."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return None

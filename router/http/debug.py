@@ -140,8 +140,9 @@ async def integrations(request: web.Request) -> web.Response:
     parked = await router.store.read(parked_counts)
     dead = await router.store.read(dead_letter_summary)
     views = []
+    supervisors = router.integrations_live()
     for i in list(router.integrations.items.values()):
-        live = router.integration_live(i.id)
+        live = supervisors.get(i.id, {})
         shown = router.integration_view(i, health.get(i.id, {}))
         view = {
             **shown,

@@ -106,9 +106,11 @@ class Intake:
                 "an agent holds the conversation; the bot only receives copies until the "
                 "agent closes it",
             )
+        # A CCSP a reload removed is no CCSP: its handovers would only become dead letters.
+        ccsp = conversation.ccsp if self.config.ccsp(conversation.ccsp or "") else None
         if (
             event.kind == "handover"
-            and conversation.ccsp is None
+            and ccsp is None
             and not flows_for_bot_event(
                 self.config, conversation.service, integration_id, "handover"
             )

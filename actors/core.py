@@ -8,6 +8,7 @@ event, and events that arrive meanwhile wait, in order, for it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from pykka import ActorDeadError
 
 from actors.base import RouterActor, conversation_fields, tell
 from actors.conversation import ROUTED, ConversationActor, ConversationDeps
@@ -22,6 +24,7 @@ from actors.messages import (
     Bounced,
     ConversationClosed,
     Crashed,
+    EvictAll,
     Flush,
     Flushed,
     Idle,
@@ -104,6 +107,13 @@ class CoreActor(RouterActor):
                     "flow_restarts": self.supervised["restarted"],
                     "flow_poisoned_events": self.supervised["poisoned"],
                 }
+            case EvictAll():
+                live = list(self.live.values())
+                for ref in live:
+                    with contextlib.suppress(ActorDeadError):  # stopped under us already
+                        evict(ref)  # its mail goes too: everything it stood for is on disk
+                self.live.clear()
+                return len(live)
             case Passivate(conversation_id=wanted):
                 if wanted in self.live and wanted not in self.retiring:
                     self._ask_to_retire(wanted)

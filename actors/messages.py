@@ -119,3 +119,10 @@ class Passivate:
     `passivated` or `when_idle`."""
 
     conversation_id: str
+
+
+@dataclass(frozen=True)
+class EvictAll:
+    """Before the daemon starts its actors again from the store (recovery after the store
+    failed): every conversation actor stops at once, and what it held in memory, which may
+    have run ahead of the disk, goes with it. Answered with how many were evicted."""

@@ -45,6 +45,7 @@ from router.http.errors import JsonErrorRunner
 from router.http.inbound import InputError, parse_bot, parse_ccsp, parse_channel
 from router.http.intake import Intake
 from router.http.public import public_app
+from router.http.store_gate import StoreGate
 from router.http.util import webhook_url
 from router.io.clock import Clock, SystemClock
 from router.io.edge import IoEdge
@@ -62,6 +63,7 @@ from router.io.records import (
     webhook_token,
 )
 from router.io.store import Store
+from router.recovery import StoreWatch
 from router.reload import reload_config
 
 
@@ -74,7 +76,7 @@ class Router:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.store = Store(config.store_path, self.metrics)
+        self.store = Store(config.store_path, self.metrics, self.clock.now)
         self.edge = IoEdge(self.store, self.clock, config.delivery.timeout_s, self.metrics)
         self.integrations = Integrations(self.store)
         self.ccsp_tokens: dict[str, str] = {}
@@ -91,7 +93,10 @@ class Router:
         self.stopped = False
         self.journal = Journal()
         self._handled_rate = HandledRate()
-        self.reloading = asyncio.Lock()  # one reload at a time
+        self.reloading = asyncio.Lock()  # one reload (or recovery) at a time
+        # While the store cannot commit: intake answers 503, and the watch resumes routing.
+        self.store_gate = StoreGate(self.store.health, lambda s: self.metrics.errors(str(s)).inc())
+        self.watch = StoreWatch(self)
         self.log = structlog.get_logger("router.daemon")
 
     @property
@@ -116,6 +121,7 @@ class Router:
             await self.restore()
             started.append("http")  # whichever listener did start is closed on failure
             await self.start_http()
+            self.watch.start()
         except BaseException:
             await self._stop(started)
             raise
@@ -134,6 +140,7 @@ class Router:
         self.log.info("router_stopped")
 
     async def _stop(self, started: list[str]) -> None:
+        await self.watch.stop()  # no recovery starts actors while they are being stopped
         if "http" in started:
             await self.stop_http()
         if "actors" in started:

@@ -61,7 +61,9 @@ async def test_parked_deliveries_are_released_when_a_restart_finds_the_bot_activ
 async def test_a_failed_write_sends_nothing_and_marks_the_daemon_degraded(
     start_router: StartRouter, peers: Peers, tmp_path: Path
 ) -> None:
-    daemon = await start_router()
+    # Time stands still: the daemon would recover by itself (test_store_failure.py); what
+    # is checked here is that a restart redoes the refused step too.
+    daemon = await start_router(clock=ManualClock())
     with db(tmp_path / "router.db") as conn:
         conn.execute(
             "CREATE TRIGGER no_deliveries BEFORE INSERT ON deliveries "
@@ -231,7 +233,7 @@ async def test_a_failed_start_leaves_no_port_open(peers: Peers, tmp_path: Path) 
 async def test_after_a_failed_write_later_steps_wait_and_are_redone_in_order(
     start_router: StartRouter, peers: Peers, tmp_path: Path
 ) -> None:
-    daemon = await start_router()
+    daemon = await start_router(clock=ManualClock())  # no recovery before the restart
     await daemon.customer("first", "m1")
     [first] = await peers.bot.wait_for(1)
     await daemon.until(lambda: nothing_owed(daemon, first["Conversationid"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,19 +109,41 @@ def conversation_view(c: Conversation) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """`ok`, or `503 degraded` with what is wrong and since when: the store cannot commit
+    (intake answers 503 until it does), or routing is held back after a failed write, or the
+    router is resuming from the store. Both end by themselves once a commit succeeds."""
     router = request.app[ROUTER]
-    await router.store.read(ping)
-    failures = router.edge.store_failures
-    if failures or router.edge.fenced:
-        return json_response(
-            {
-                "status": "degraded",
-                "store_failures": failures,
-                "message": "the store failed; restart the daemon to resume from disk",
-            },
-            status=503,
-        )
-    return json_response({"status": "ok"})
+    store, edge = router.store, router.edge
+    store.check_identity()  # a file deleted under an idle daemon is found here
+    try:
+        await store.read(ping)
+    except sqlite3.Error as exc:
+        store.health.read_failed(exc)
+    health = store.health
+    recovering = router.store_gate.recovering
+    if not (health.failing or edge.fenced or recovering):
+        found: dict[str, Any] = {"status": "ok"}
+        if health.failures:
+            found["store_failures"] = health.failures  # since the start, all behind it
+        return json_response(found)
+    started = [t for t in (health.failing_since, edge.fenced_since) if t is not None]
+    refusal = router.store_gate.refusal()
+    return json_response(
+        {
+            "status": "degraded",
+            "store": "replaced" if health.replaced else "failing" if health.failing else "ok",
+            "routing": "recovering" if recovering else "held" if edge.fenced else "ok",
+            "intake": "refused" if refusal is not None else "open",
+            "store_failures": health.failures,
+            "since": iso_timestamp(min(started)) if started else None,
+            "error": health.replaced or health.last_error,
+            "message": refusal.message if refusal is not None else _HELD,
+        },
+        status=503,
+    )
+
+
+_HELD = "a write failed: routing is held back and resumes from the store by itself, in order"
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ it is on disk; routing happens after, by message.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from router.http.inbound import InputError, fold, parse_bot, parse_ccsp, parse_channel
+from router.http.store_gate import unavailable
 from router.http.util import (
     bearer_matches,
     error_middleware,
@@ -37,6 +39,8 @@ def public_app(router: Router) -> web.Application:
         middlewares=[error_middleware(lambda s: router.metrics.errors(str(s)).inc())],
     )
     app[ROUTER] = router
+    # Innermost: a request that would write is refused at once while the store cannot commit.
+    app.middlewares.append(router.store_gate.middleware)
     app.router.add_post("/v1/channels/{asset_id}/events", counted("channel", channel_event))
     app.router.add_post("/v1/bots/{integration_id}/{webhook_token}", counted("bot", bot_event))
     app.router.add_post("/v1/ccsp/{ccsp_id}/{webhook_token}", counted("ccsp", ccsp_event))
@@ -88,11 +92,15 @@ ACCEPTED = {"accepted": True}
 async def _store(
     router: Router, source: str, source_id: str, dedupe: str | None, body: object
 ) -> tuple[int, bool]:
+    router.store_gate.admit()  # 503 at once while the store cannot commit
     raw = orjson.dumps(body)
     now = router.clock.now()
-    return await router.store.write(
-        lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now)
-    )
+    try:
+        return await router.store.write(
+            lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now)
+        )
+    except sqlite3.Error as exc:
+        raise unavailable(exc) from None
 
 
 # Unknown ids and wrong tokens get the same answer, so ids cannot be probed for.

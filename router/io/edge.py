@@ -38,6 +38,7 @@ from router.io.effects import (
     TellAt,
     TranscriptRead,
 )
+from router.io.health import WriteRefused
 from router.io.metrics import Metrics
 from router.io.records import (
     Write,
@@ -57,8 +58,8 @@ MAX_ANSWER_BYTES = 64 * 1024
 Outcome = Literal["ok", "http_error", "timeout", "error"]
 
 
-class StoreFenced(Exception):
-    """A write refused because an earlier one failed."""
+class StoreFenced(WriteRefused):
+    """A write refused because an earlier one failed, or while the store cannot commit."""
 
 
 class IoEdge:
@@ -86,13 +87,15 @@ class IoEdge:
         self._closing = False
         self._timers_off = False
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self.store_failures = 0
         self.id_prefix = ""  # the store's, set at start-up: see `webhook_id`
-        # After a store failure: accept, but route nothing until restart. Writes are numbered
-        # as actors make them; the fence stands at the first that failed, so a write made
-        # before it still commits when its group is redone without it.
+        # After a failed write: route nothing until the daemon's recovery (or a restart) has
+        # made the actors match the disk again. Writes are numbered as actors make them; the
+        # fence stands at the first that failed or was refused, so a write made before it
+        # still commits when its group is redone without it.
         self._writes_made = 0
         self._fence_at: int | None = None
+        self.fenced_since: float | None = None
+        self.on_fence: Callable[[], None] = lambda: None  # the daemon's recovery, on the loop
         self.log = structlog.get_logger("router.edge")
 
     async def start(self) -> None:
@@ -169,17 +172,27 @@ class IoEdge:
     def fenced(self) -> bool:
         return self._fence_at is not None
 
+    def resume(self) -> None:
+        """Lift the fence, for actors started again from the disk once the old ones, which
+        ran ahead of it, are gone (`router.recovery`)."""
+        self._fence_at = None
+        self.fenced_since = None
+        self._timers_off = False
+
     def _fenced_write(self, writes: tuple[Write, ...]) -> Callable[[sqlite3.Connection], None]:
-        """Runs on the writer thread, so a failure fences every step written after it."""
+        """Runs on the writer thread, so a failure fences every step written after it, and a
+        step refused while the store fails fences those after it before they are tried."""
 
         self._writes_made += 1
         number = self._writes_made
 
         def work(conn: sqlite3.Connection) -> None:
             fence = self._fence_at
-            if self.store.failed or (fence is not None and number > fence):
-                raise StoreFenced("an earlier write failed; routing resumes at the next start")
+            if fence is not None and number > fence:
+                raise StoreFenced("an earlier write failed; routing resumes once it is redone")
             try:
+                if self.store.health.failing:
+                    raise StoreFenced("the store cannot commit; routing resumes once it does")
                 apply_writes(conn, writes)
             except Exception:
                 if fence is None or number < fence:
@@ -194,8 +207,8 @@ class IoEdge:
         error = done.exception()
         if error is not None:
             # A step that is not on disk must have no consequence, and neither may any step
-            # after it: they are all redone, in order, from the store at the next start. Intake
-            # keeps storing meanwhile; the daemon reports itself degraded.
+            # after it: they are all redone, in order, from the store once it commits again
+            # (or at the next start). The daemon reports itself degraded meanwhile.
             self._fence("persist_failed", str(error))
             return
         for item in then:
@@ -208,7 +221,8 @@ class IoEdge:
             return
         error = done.exception()
         if error is not None:
-            self._fence("store_read_failed", str(error))  # the handover waits for a restart
+            self.store.health.read_failed(error)
+            self._fence("store_read_failed", str(error))  # the handover waits for recovery
             return
         with contextlib.suppress(pykka.ActorDeadError):
             reply_to.tell(TranscriptRead(done.result()))
@@ -246,16 +260,23 @@ class IoEdge:
         try:
             answer = await self.store.read(read)
         except Exception as exc:
-            self._fence("store_read_failed", str(exc))  # its events wait for the next start
+            self.store.health.read_failed(exc)
+            self._fence("store_read_failed", str(exc))  # its events wait for recovery
             answer = Loaded(load.lookup, None, failed=True)
         with contextlib.suppress(pykka.ActorDeadError):
             load.reply_to.tell(answer)
 
+    def fence(self, event: str, error: str) -> None:
+        """Route nothing more until recovery: what the actors hold may not be on disk."""
+        self._fence(event, error)
+
     def _fence(self, event: str, error: str) -> None:
-        if self._fence_at is None:
+        if self.fenced_since is None:
             self.log.error(event, error=error, fenced=True)
+            self.fenced_since = self.clock.now()
+        if self._fence_at is None:
             self._fence_at = self._writes_made  # every write made from now on is refused
-        self.store_failures += 1
+        self.on_fence()
 
     async def _attempt(self, attempt: Attempt) -> None:
         delivery = attempt.delivery

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -232,6 +232,21 @@ class Metrics:
             "router_store_commit_batch_size",
             "Writes committed together in one transaction",
             buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.store_failures = Family(
+            Counter(
+                "router_store_failures_total",
+                "Writes (and reads) the store could not carry out, by reason: full, io, "
+                "readonly, locked, corrupt, replaced (the file was deleted or replaced under "
+                "the daemon), constraint, error",
+                ["reason"],
+                registry=r,
+            )
+        )
+        self.store_failing = Gauge(
+            "router_store_failing",
+            "1 while the store cannot commit: intake answers 503 until a commit succeeds",
             registry=r,
         )
         self.live = LiveCollector()

@@ -498,3 +498,11 @@ def revive_dead_letter(conn: sqlite3.Connection, delivery_id: int) -> bool:
 def ping(conn: sqlite3.Connection) -> None:
     """The cheapest read that proves the store answers."""
     conn.execute("SELECT 1").fetchone()
+
+
+def beat(conn: sqlite3.Connection, at: float) -> None:
+    """The smallest real write: whether the store commits again after failing."""
+    conn.execute(
+        "INSERT INTO heartbeat VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        (at,),
+    )

@@ -4,6 +4,10 @@ Writes go through one writer thread that commits whatever has queued up as one t
 (group commit), each caller's work inside its own savepoint so that one bad write fails
 alone. Reads use a second connection on a second thread; WAL lets them see every commit
 without waiting for the writer.
+
+Every failed write is counted in `health`; one the store is to blame for (full disk, I/O
+error, read-only or locked file, or the file deleted or replaced, checked before each
+commit) makes it failing until the daemon's recovery has seen a commit succeed.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 
-from router.io.disk import make_private
+from router.io.disk import FileIdentity, make_private
+from router.io.health import StoreHealth, StoreReplaced, WriteRefused
 from router.io.metrics import Metrics
+from router.io.records import beat
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
@@ -143,8 +149,19 @@ def _version_2(conn: sqlite3.Connection) -> None:
             )
 
 
+def _version_3(conn: sqlite3.Connection) -> None:
+    """One row the daemon rewrites to learn whether the store commits again after failing."""
+    conn.execute(
+        "CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)"
+    )
+
+
 # Migration N brings a store from `PRAGMA user_version` N-1 to N. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_version_1, _version_2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _version_1,
+    _version_2,
+    _version_3,
+)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -179,14 +196,20 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class Store:
-    def __init__(self, path: Path, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, path: Path, metrics: Metrics | None = None, now: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
         self.metrics = metrics
+        self.now = now
         self._queue: queue.Queue[tuple[Work, asyncio.Future[Any]] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         self._read_conn: sqlite3.Connection | None = None
-        self.failed = False  # a commit failed: set on the writer thread, before the next batch
+        # The read connection serves the reader thread and start-up's reads on the loop.
+        self._read_lock = threading.Lock()
+        self.health = StoreHealth(now, metrics)
+        self.identity: FileIdentity | None = None
         self._log = structlog.get_logger("router.store")
 
     def open(self) -> None:
@@ -194,6 +217,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         make_private(self.path)
         conn = connect(self.path)
+        self.identity = FileIdentity.of(self.path)
         migrate(conn)
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="store-write", daemon=True
@@ -208,14 +232,31 @@ class Store:
         return future
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._read_conn
-        assert conn is not None, "store is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._reader, work, conn)
+        assert self._read_conn is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self._locked, work)
 
     def read_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """A read for start-up, before the loop serves anything."""
-        assert self._read_conn is not None, "store is not open"
-        return work(self._read_conn)
+        """A read on the caller's thread: start-up's, and recovery's while the doors are open."""
+        return self._locked(work)
+
+    def _locked(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._read_conn
+        assert conn is not None, "store is not open"
+        with self._read_lock:
+            return work(conn)
+
+    def probe(self) -> asyncio.Future[None]:
+        """A real commit, however little is written: whether the store commits again."""
+        now = self.now()
+        return self.write(lambda conn: beat(conn, now))
+
+    def check_identity(self) -> str | None:
+        """Whether the path still names the file opened; one that does not makes the store
+        failing for good (a restart opens the file the path names now)."""
+        problem = None if self.identity is None else self.identity.problem(self.path)
+        if problem is not None:
+            self.health.mark_replaced(problem)
+        return problem
 
     def close(self) -> None:
         if self._writer is not None:
@@ -262,6 +303,8 @@ class Store:
             outcomes = self._commit_apart(conn, batch)
         except sqlite3.Error as exc:
             outcomes = self._failed(conn, batch, exc)
+        else:
+            self._counted(outcomes)
         if self.metrics is not None:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self.metrics.commit_batch.observe(len(batch))
@@ -285,6 +328,7 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise _WorkFailed from exc
+        self._check_file()
         conn.execute("COMMIT")
         return outcomes
 
@@ -304,10 +348,29 @@ class Store:
                 else:
                     outcomes.append((future, result, None))
                 conn.execute("RELEASE work")
+            self._check_file()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             return self._failed(conn, batch, exc)
+        self._counted(outcomes)
         return outcomes
+
+    def _check_file(self) -> None:
+        """Before a commit: the path must still name the file this connection writes to,
+        or the commit would land where the next start never looks."""
+        problem = self.health.replaced
+        if problem is None and self.identity is not None:
+            problem = self.identity.problem(self.path)
+            if problem is not None:
+                self.health.replaced = problem
+        if problem is not None:
+            raise StoreReplaced(problem)
+
+    def _counted(self, outcomes: list[Outcome]) -> None:
+        """Every write that failed on its own, but not one the router refused to attempt."""
+        for _, _, error in outcomes:
+            if error is not None and not isinstance(error, WriteRefused):
+                self.health.failed(error)
 
     def _failed(
         self,
@@ -315,8 +378,11 @@ class Store:
         batch: list[tuple[Work, asyncio.Future[Any]]],
         exc: sqlite3.Error,
     ) -> list[Outcome]:
-        self.failed = True
-        self._log.error("store_commit_failed", error=str(exc), batch=len(batch))
+        first = not self.health.failing
+        # Before the next batch: a write queued after this one must find the store failing.
+        self.health.failed(exc, writes=len(batch))
+        if first:  # then counted, not logged, until the store commits again
+            self._log.error("store_commit_failed", error=str(exc), batch=len(batch))
         with contextlib.suppress(sqlite3.Error):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

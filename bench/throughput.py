@@ -98,6 +98,8 @@ def router_config(
 [server]
 host = "127.0.0.1"
 port = {port}
+max_connections = 4096  # every client shares one address
+max_connections_per_address = 4096
 [debug]
 host = "127.0.0.1"
 port = {debug_port}
@@ -105,6 +107,11 @@ port = {debug_port}
 token = "bench-admin"
 [store]
 path = "{store}"
+# Every client is on loopback and the point is saturation: no intake rate limits.
+[limits]
+asset_rate_per_s = 0
+integration_rate_per_s = 0
+ccsp_rate_per_s = 0
 {live}[[integrations]]
 id = "bot"
 name = "Bench bot"

@@ -40,16 +40,21 @@ from router.domain.events import ConversationEvent, HandoverDeadline, SessionIdl
 from router.domain.model import Delivery, Destination
 from router.domain.supervision import RestartPolicy
 from router.http.admin import admin_routes
+from router.http.admission import guard_expectations
+from router.http.connections import load_tls
 from router.http.debug import debug_app
 from router.http.errors import JsonErrorRunner
 from router.http.inbound import InputError, parse_bot, parse_ccsp, parse_channel
 from router.http.intake import Intake
-from router.http.public import public_app
+from router.http.listen import Listener, debug_port, listen, public_port, runner_options
+from router.http.public import ADMISSION, public_app
+from router.http.quiet import AcceptErrors
 from router.http.store_gate import StoreGate
 from router.http.util import webhook_url
 from router.io.clock import Clock, SystemClock
 from router.io.edge import IoEdge
 from router.io.effects import TellAt
+from router.io.fd_limit import raise_open_file_limit
 from router.io.ids import Sequence, new_id, new_token
 from router.io.integrations import Integration, Integrations
 from router.io.metrics import Metrics
@@ -77,7 +82,14 @@ class Router:
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.store = Store(config.store_path, self.metrics, self.clock.now)
-        self.edge = IoEdge(self.store, self.clock, config.delivery.timeout_s, self.metrics)
+        self.edge = IoEdge(
+            self.store,
+            self.clock,
+            config.delivery.timeout_s,
+            self.metrics,
+            max_answer_bytes=config.delivery.max_answer_bytes,
+            attempts_per_destination=config.delivery.max_attempts_per_destination,
+        )
         self.integrations = Integrations(self.store)
         self.ccsp_tokens: dict[str, str] = {}
         # Shared with every conversation actor, and changed in place by a reload.
@@ -88,6 +100,8 @@ class Router:
         self.public_url = config.server.public_url or ""
         self.public_runner: web.AppRunner | None = None
         self.debug_runner: web.AppRunner | None = None
+        self.accept_errors: AcceptErrors | None = None
+        self.listeners: dict[str, Listener] = {}  # by port name: their caps, for views
         self.public_port = 0
         self.debug_port = 0
         self.stopped = False
@@ -346,40 +360,69 @@ class Router:
             await self.intake.finish(inbox_id, "rejected")
 
     async def start_http(self) -> None:
+        """Both ports behind the connection guard (`router.http.listen`); the public port
+        over HTTPS when `server.tls_cert` and `tls_key` are set."""
         server = self.config.server
         public = public_app(self)
         admin_routes(public)
+        guard_expectations(public, public[ADMISSION].expect)
+        tls = None
+        if server.tls_cert is not None and server.tls_key is not None:
+            try:
+                tls = load_tls(server.tls_cert, server.tls_key)
+            except OSError as exc:  # ssl.SSLError included
+                raise StartError(f"cannot load server.tls_cert and tls_key: {exc}") from exc
+        self.accept_errors = AcceptErrors(asyncio.get_running_loop())
+        self.accept_errors.install()
+
+        def count(port: str, reason: str) -> None:
+            self.metrics.connections_closed(port, reason).inc()
+
         self.public_runner = JsonErrorRunner(
             public,
             on_error=lambda s: self.metrics.errors(str(s)).inc(),
             access_log=None,
             handle_signals=False,
+            **runner_options(),
         )
-        await self.public_runner.setup()
-        site = web.TCPSite(self.public_runner, server.host, server.port)
+        port = public_port(server, raise_open_file_limit(), tls)
         try:
-            await site.start()
+            self.listeners["public"] = await listen(self.public_runner, port, count)
         except OSError as exc:
             raise StartError(
                 f"cannot listen on {server.host}:{server.port}: {exc.strerror}"
             ) from exc
         self.public_port = _bound_port(self.public_runner)
         if not self.public_url:
-            self.public_url = f"http://{server.host}:{self.public_port}"
+            scheme = "http" if tls is None else "https"
+            self.public_url = f"{scheme}://{server.host}:{self.public_port}"
         debug = self.config.debug
-        self.debug_runner = JsonErrorRunner(debug_app(self), access_log=None, handle_signals=False)
-        await self.debug_runner.setup()
+        self.debug_runner = JsonErrorRunner(
+            debug_app(self), access_log=None, handle_signals=False, **runner_options()
+        )
         try:
-            await web.TCPSite(self.debug_runner, debug.host, debug.port).start()
+            self.listeners["debug"] = await listen(
+                self.debug_runner, debug_port(debug, server), count
+            )
         except OSError as exc:
             raise StartError(f"cannot listen on {debug.host}:{debug.port}: {exc.strerror}") from exc
         self.debug_port = _bound_port(self.debug_runner)
 
     async def stop_http(self) -> None:
+        """New requests are refused (`503 stopping`) while those under way get up to
+        `server.stop_grace_s` to finish; then both ports close."""
+        if self.public_runner is not None:
+            admission = self.public_runner.app[ADMISSION]
+            if not await admission.drain(self.config.server.stop_grace_s):
+                self.log.warning("stop_grace_over", requests_cut_short=admission.in_flight)
         for runner in (self.debug_runner, self.public_runner):
             if runner is not None:
                 await runner.cleanup()
         self.public_runner = self.debug_runner = None
+        self.listeners.clear()
+        if self.accept_errors is not None:
+            self.accept_errors.uninstall()
+            self.accept_errors = None
 
     # -- views ---------------------------------------------------------------------------
 

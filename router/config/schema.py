@@ -9,6 +9,7 @@ Checks across tables (ports, ids, references, the store) are in `router.config.c
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -21,6 +22,7 @@ from router.config.shapes import (
     ConversationsConfig,
     DebugConfig,
     DeliveryConfig,
+    LimitsConfig,
     ServerConfig,
 )
 from router.config.urls import url_problem
@@ -66,6 +68,15 @@ def _url(value: str) -> str:
     return value
 
 
+def _network(value: str) -> str:
+    """A trusted proxy: one address, or a network in CIDR notation."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise problem(f"must be an IP address or network, got {value!r}") from None
+    return value
+
+
 def _one_of(known: frozenset[str], what: str) -> AfterValidator:
     def check(value: str) -> str:
         if value not in known:
@@ -88,6 +99,8 @@ Count = Annotated[int, Field(ge=1, le=LIMIT)]
 DECADE = 10 * 365.25 * 86_400
 Seconds = Annotated[float, Field(gt=0, le=DECADE)]
 Delay = Annotated[float, Field(ge=0, le=DECADE)]
+Network = Annotated[Text, AfterValidator(_network)]
+Rate = Annotated[float, Field(ge=0, le=LIMIT)]  # 0: no limit
 
 
 class Table(BaseModel):
@@ -101,6 +114,28 @@ class ServerTable(Table):
     port: Port = ServerConfig.port
     public_url: PublicUrl | None = None
     max_body_bytes: Annotated[int, Field(ge=1024, le=LIMIT)] = ServerConfig.max_body_bytes
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = ServerConfig.header_timeout_s
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = ServerConfig.body_timeout_s
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = ServerConfig.max_header_bytes
+    max_connections: Count = ServerConfig.max_connections
+    max_connections_per_address: Count = ServerConfig.max_connections_per_address
+    trusted_proxies: list[Network] = Field(default_factory=list)
+    tls_cert: Text | None = None
+    tls_key: Text | None = None
+    stop_grace_s: Annotated[float, Field(ge=0, le=3600)] = ServerConfig.stop_grace_s
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise problem("is required with the other: HTTPS needs both", missing)
+        if self.max_connections_per_address > self.max_connections:
+            raise problem(
+                f"must be at most max_connections ({self.max_connections}), "
+                f"got {self.max_connections_per_address}",
+                "max_connections_per_address",
+            )
+        return self
 
 
 class DebugTable(Table):
@@ -125,6 +160,19 @@ class DeliveryTable(Table):
     inactive_after_failures: Count = DeliveryConfig.inactive_after_failures
     handover_deadline_s: Seconds = DeliveryConfig.handover_deadline_s
     max_parked_age_s: Seconds = DeliveryConfig.max_parked_age_s
+    max_answer_bytes: Annotated[int, Field(ge=1024, le=LIMIT)] = DeliveryConfig.max_answer_bytes
+    max_attempts_per_destination: Count = DeliveryConfig.max_attempts_per_destination
+
+
+class LimitsTable(Table):
+    asset_rate_per_s: Rate = LimitsConfig.asset_rate_per_s
+    asset_burst: Count = LimitsConfig.asset_burst
+    integration_rate_per_s: Rate = LimitsConfig.integration_rate_per_s
+    integration_burst: Count = LimitsConfig.integration_burst
+    ccsp_rate_per_s: Rate = LimitsConfig.ccsp_rate_per_s
+    ccsp_burst: Count = LimitsConfig.ccsp_burst
+    address_rate_per_s: Rate = LimitsConfig.address_rate_per_s
+    address_burst: Count = LimitsConfig.address_burst
 
 
 class ConversationsTable(Table):
@@ -199,7 +247,7 @@ class ServiceTable(Table):
     rules: list[RuleTable] = Field(default_factory=list)
 
 
-SECTIONS = ("server", "debug", "admin", "store", "delivery", "conversations")
+SECTIONS = ("server", "debug", "admin", "store", "delivery", "conversations", "limits")
 
 
 class RouterFile(Table):
@@ -212,6 +260,7 @@ class RouterFile(Table):
     store: StoreTable
     delivery: DeliveryTable
     conversations: ConversationsTable
+    limits: LimitsTable
     integrations: list[IntegrationTable] = Field(default_factory=list)
     ccsp: list[CcspTable] = Field(default_factory=list)
     flows: list[FlowTable] = Field(default_factory=list)

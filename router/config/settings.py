@@ -33,6 +33,7 @@ from router.config.shapes import (
     DeliveryConfig,
     FlowConfig,
     IntegrationConfig,
+    LimitsConfig,
     RuleConfig,
     ServerConfig,
     ServiceConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "DeliveryConfig",
     "FlowConfig",
     "IntegrationConfig",
+    "LimitsConfig",
     "RuleConfig",
     "ServerConfig",
     "ServiceConfig",
@@ -118,7 +120,12 @@ def _checked(raw: Mapping[str, Any], source: str, more: list[Problem]) -> Config
 def _config(model: RouterFile, source: str) -> Config:
     """The frozen values the daemon reads, from a file that passed every check."""
     return Config(
-        server=ServerConfig(**model.server.model_dump()),
+        server=ServerConfig(
+            **{
+                **model.server.model_dump(),
+                "trusted_proxies": tuple(model.server.trusted_proxies),
+            }
+        ),
         debug=DebugConfig(**model.debug.model_dump()),
         admin_token=model.admin.token,
         store_path=Path(model.store.path),
@@ -128,8 +135,11 @@ def _config(model: RouterFile, source: str) -> Config:
             inactive_after_failures=model.delivery.inactive_after_failures,
             handover_deadline_s=model.delivery.handover_deadline_s,
             max_parked_age_s=model.delivery.max_parked_age_s,
+            max_answer_bytes=model.delivery.max_answer_bytes,
+            max_attempts_per_destination=model.delivery.max_attempts_per_destination,
         ),
         conversations=ConversationsConfig(**model.conversations.model_dump()),
+        limits=LimitsConfig(**model.limits.model_dump()),
         integrations=tuple(IntegrationConfig(**i.model_dump()) for i in model.integrations),
         ccsps=tuple(CcspConfig(**c.model_dump()) for c in model.ccsp),
         flows=tuple(FlowConfig(**f.model_dump()) for f in model.flows),

@@ -18,6 +18,7 @@ __all__ = [
     "DeliveryConfig",
     "FlowConfig",
     "IntegrationConfig",
+    "LimitsConfig",
     "RuleConfig",
     "ServerConfig",
     "ServiceConfig",
@@ -30,6 +31,22 @@ class ServerConfig:
     port: int = 8080
     public_url: str | None = None
     max_body_bytes: int = 1024 * 1024
+    # A request's headers must be complete this long after its connection opened or its
+    # previous answer was sent (an idle keep-alive connection is closed after it too); its
+    # body this long after its headers.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 16 * 1024
+    # Open connections, in all and from one peer address; at most half the open-file limit,
+    # so that deliveries, the store and the debug port always have descriptors left.
+    max_connections: int = 1024
+    max_connections_per_address: int = 256
+    # Addresses or networks whose X-Forwarded-For names the client, for per-address limits.
+    trusted_proxies: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # On SIGTERM: how long requests under way may take to finish before the daemon stops.
+    stop_grace_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,24 @@ class DeliveryConfig:
     inactive_after_failures: int = 5
     handover_deadline_s: float = 60.0
     max_parked_age_s: float = 86_400.0
+    max_answer_bytes: int = 64 * 1024  # a peer's answer past this fails the attempt
+    max_attempts_per_destination: int = 64
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Intake rates, as token buckets: `*_rate_per_s` requests a second on average (`0`: no
+    limit), `*_burst` at once. Assets, integrations and CCSPs are counted once their caller
+    is authenticated; addresses (`address_*`) on every request of the public port."""
+
+    asset_rate_per_s: float = 200.0
+    asset_burst: int = 400
+    integration_rate_per_s: float = 200.0
+    integration_burst: int = 400
+    ccsp_rate_per_s: float = 200.0
+    ccsp_burst: int = 400
+    address_rate_per_s: float = 0.0
+    address_burst: int = 100
 
 
 @dataclass(frozen=True)
@@ -119,6 +154,7 @@ class Config:
     store_path: Path = Path("var/router.db")
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     conversations: ConversationsConfig = field(default_factory=ConversationsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     integrations: tuple[IntegrationConfig, ...] = ()
     ccsps: tuple[CcspConfig, ...] = ()
     flows: tuple[FlowConfig, ...] = ()

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 
 from router.http.util import error_response, redact_path
 
@@ -49,6 +49,8 @@ class JsonErrorProtocol(web.RequestHandler):
         if request.writer.output_size > 0:
             # Part of an answer is out already; aiohttp drops the connection on this.
             raise ConnectionError("an answer was already started; cannot send an error")
+        if status == 400 and _too_large(exc):
+            status = 431
         self._on_error(status)
         if status >= 500:
             _log.error(
@@ -62,7 +64,8 @@ class JsonErrorProtocol(web.RequestHandler):
             # The client's mistake: worth a line, not a traceback. The reason text can quote
             # the request line (and a webhook token in it), so only its type is logged.
             _log.info("malformed_request", status=status, reason=type(exc).__name__)
-            response = error_response(status, "invalid_http", _describe(exc, message))
+            code = "headers_too_large" if status == 431 else "invalid_http"
+            response = error_response(status, code, _describe(exc, message))
         response.force_close()
         return response
 
@@ -74,6 +77,14 @@ class JsonErrorProtocol(web.RequestHandler):
             _log.info("malformed_body", reason=type(exc).__name__)
             return
         super().log_exception(*args, **kw)
+
+
+def _too_large(exc: BaseException | None) -> bool:
+    """A header line past aiohttp's limit, or too many of them: the headers are too large,
+    not malformed."""
+    if isinstance(exc, LineTooLong):
+        return True
+    return isinstance(exc, BadHttpMessage) and "Too many headers" in (exc.message or "")
 
 
 def _describe(exc: BaseException | None, message: str | None) -> str:

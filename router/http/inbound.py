@@ -7,6 +7,7 @@ check raises `InputError`, which the HTTP layer turns into a 4xx JSON answer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,11 +15,24 @@ import orjson
 
 
 class InputError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    """A 4xx (or 503) answer: `headers` go with it (`Retry-After`), and `close` ends the
+    connection after it, for a request whose body is left unread."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
+        self.close = close
 
 
 def bad_request(message: str, code: str = "invalid_request") -> InputError:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
+from router.http.admission import Admission, IntakeRates
 from router.http.inbound import InputError, fold, parse_bot, parse_ccsp, parse_channel
 from router.http.store_gate import unavailable
 from router.http.util import (
@@ -31,16 +32,26 @@ if TYPE_CHECKING:
     from router.daemon import Router
 
 ROUTER: web.AppKey[Router] = web.AppKey("router")
+ADMISSION: web.AppKey[Admission] = web.AppKey("admission", Admission)
+RATES: web.AppKey[IntakeRates] = web.AppKey("rates", IntakeRates)
 
 
 def public_app(router: Router) -> web.Application:
+    """The doors, behind the checks every request passes first (`router.http.admission`);
+    the daemon adds the admin routes, then `guard_expectations`."""
+    admission = Admission(router.config.server, router.clock, lambda: router.config.limits)
     app = web.Application(
         client_max_size=router.config.server.max_body_bytes,
-        middlewares=[error_middleware(lambda s: router.metrics.errors(str(s)).inc())],
+        middlewares=[
+            error_middleware(lambda s: router.metrics.errors(str(s)).inc()),
+            admission.middleware,
+        ],
     )
     app[ROUTER] = router
     # Innermost: a request that would write is refused at once while the store cannot commit.
     app.middlewares.append(router.store_gate.middleware)
+    app[ADMISSION] = admission
+    app[RATES] = IntakeRates(router.clock, lambda: router.config.limits)
     app.router.add_post("/v1/channels/{asset_id}/events", counted("channel", channel_event))
     app.router.add_post("/v1/bots/{integration_id}/{webhook_token}", counted("bot", bot_event))
     app.router.add_post("/v1/ccsp/{ccsp_id}/{webhook_token}", counted("ccsp", ccsp_event))
@@ -117,6 +128,7 @@ async def channel_event(request: web.Request, tally: Tally) -> web.Response:
     ):
         raise InputError(401, "unauthorized", CHANNEL_UNAUTHORIZED)
     tally.channel = asset.channel
+    request.app[RATES].check("asset", asset.id)
     body = await read_json(request)
     event = parse_channel(body)
     inbox_id, duplicate = await _store(router, "channel", asset.id, event.dedupe_key, body)
@@ -136,6 +148,7 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
     expected = integration.webhook_token if integration is not None else _NO_TOKEN
     if not token_matches(request.match_info["webhook_token"], expected) or integration is None:
         raise InputError(401, "unauthorized", WEBHOOK_UNAUTHORIZED)
+    request.app[RATES].check("integration", integration_id)
     body = await read_json(request)
     event = parse_bot(body)
     assert router.intake is not None
@@ -163,6 +176,7 @@ async def ccsp_event(request: web.Request, tally: Tally) -> web.Response:
         router.config.ccsp(ccsp_id) is None
     ):
         raise InputError(401, "unauthorized", WEBHOOK_UNAUTHORIZED)
+    request.app[RATES].check("ccsp", ccsp_id)
     body = await read_json(request)
     event = parse_ccsp(body)
     assert router.intake is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -45,10 +46,18 @@ def status_code(status: int) -> str:
     return _STATUS_CODES.get(status, "http_error")
 
 
+class BodyTimeout(Exception):
+    """The request's body did not arrive within the body deadline (`server.body_timeout_s`);
+    set on its payload by the connection guard, so whoever reads the body hears of it."""
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request's JSON body; a body over the size limit is 413, anything unreadable 400."""
+    """The request's JSON body; a body over the size limit is 413, one that does not arrive in
+    time 408, anything unreadable 400."""
     try:
         body = await request.read()
+    except BodyTimeout as exc:
+        raise InputError(408, "body_timeout", str(exc), close=True) from None
     except (web.RequestPayloadError, ConnectionResetError) as exc:
         # A broken body or a caller gone mid-body is the caller's doing, not a server fault.
         raise bad_request(f"the body could not be read: {exc}", "invalid_body") from None
@@ -60,16 +69,36 @@ def decode_json(body: bytes) -> Any:
     nested past the limit."""
     if not body:
         raise bad_request("the body is empty; a JSON object is expected", "invalid_json")
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"the body is not valid JSON: {exc}", "invalid_json") from None
-    if json_depth(value) > MAX_JSON_DEPTH:
+    if nests_too_deep(body):  # before parsing: a deep document builds nothing
         raise bad_request(
             f"the body nests arrays and objects deeper than the limit of {MAX_JSON_DEPTH}",
             "invalid_json",
         )
-    return value
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}", "invalid_json") from None
+
+
+# A JSON string, escapes and all (the unrolled form, so long strings cost one scan).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # an opener +1, a closer -1, below
+
+
+def nests_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the arrays and objects of a JSON text nest deeper than `limit`, read from its
+    bytes before it is parsed (for valid JSON, `json_depth(parsed) > limit`).
+
+    Strings go first (a bracket inside one is text), then everything but brackets, both in
+    C. A body with no more openers than the limit cannot nest deeper, which is every body
+    but a hostile one; only those are walked, in time linear in their size.
+    """
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
+        return False
+    depth = itertools.accumulate(step - 1 for step in brackets.translate(_STEPS))
+    return any(level > limit for level in depth)
 
 
 def json_depth(value: Any) -> int:
@@ -148,7 +177,11 @@ def error_middleware(on_error: Callable[[int], None]) -> Any:
             return await handler(request)
         except InputError as exc:
             on_error(exc.status)
-            return error_response(exc.status, exc.code, exc.message)
+            response = error_response(exc.status, exc.code, exc.message)
+            response.headers.update(exc.headers)
+            if exc.close:
+                response.force_close()
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -144,6 +144,16 @@ class Metrics:
                 registry=r,
             )
         )
+        self.connections_closed = Family(
+            Counter(
+                "router_http_connections_closed_total",
+                "Connections the daemon refused or cut short, by port (public, debug) and "
+                "reason: max_connections, max_connections_per_address, header_timeout, "
+                "body_timeout, headers_too_large, tls_handshake",
+                ["port", "reason"],
+                registry=r,
+            )
+        )
         # -- deliveries
         self.attempts = Family(
             Counter(

@@ -13,6 +13,8 @@ def router_config(port: int, debug: int, peers: str, store: Path, rule: str) -> 
 [server]
 host = "127.0.0.1"
 port = {port}
+max_connections = 4096  # every client shares one address
+max_connections_per_address = 4096
 [debug]
 host = "127.0.0.1"
 port = {debug}
@@ -20,6 +22,11 @@ port = {debug}
 token = "lt-admin"
 [store]
 path = "{store}"
+# Every customer and peer is on loopback, as fast as answered: no intake rate limits.
+[limits]
+asset_rate_per_s = 0
+integration_rate_per_s = 0
+ccsp_rate_per_s = 0
 [[integrations]]
 id = "lt-bot"
 name = "Load test bot"

@@ -1,0 +1,203 @@
+"""Deadlines on each connection: its request's headers, then its body.
+
+aiohttp reads a request for as long as its client takes to send it. A client that sends its
+headers a byte a second, or never finishes its body, holds a connection (and a file
+descriptor) for as long as it likes, and a few hundred such clients take them all. So each
+connection runs two deadlines, one at a time:
+
+- headers: from when the connection opens, or its previous answer went out, until a request's
+  headers are complete (`header_timeout_s`). An idle keep-alive connection is closed by the
+  same deadline. While it runs, the bytes received count against `max_header_bytes`.
+- body: from the headers until the body is complete (`body_timeout_s`). A handler waiting for
+  the body gets `BodyTimeout` (answered `408`); a body nobody reads any more ends the
+  connection.
+
+Each connection's counting ticket (see `router.http.connections`) is returned when it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+from aiohttp.streams import StreamReader
+
+from router.http.errors import JsonErrorProtocol, OnError
+from router.http.quiet import ThrottledLog
+from router.http.util import BodyTimeout
+
+__all__ = ["Guard", "GuardedProtocol", "Ticket", "canned_answer"]
+
+_HEADERS, _REQUEST = "headers", "request"
+_REASONS = {
+    408: "Request Timeout",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+class Ticket(Protocol):
+    """A connection's place under the caps; released once, however the connection ends."""
+
+    def release(self) -> None: ...
+
+
+@dataclass
+class Guard:
+    """What one listener allows each of its connections, and how it reports what it cuts."""
+
+    port: str  # "public" or "debug": in metrics and log lines
+    header_timeout: float
+    body_timeout: float
+    max_header_bytes: int
+    count: Callable[[str, str], None] = lambda port, reason: None  # (port, reason) -> metrics
+    _logs: dict[str, ThrottledLog] = field(default_factory=dict)
+
+    def closed(self, reason: str) -> None:
+        """One connection refused or cut short: counted always, logged once per interval."""
+        self.count(self.port, reason)
+        log = self._logs.get(reason)
+        if log is None:
+            log = self._logs[reason] = ThrottledLog("connections_closed")
+        log.hit(port=self.port, reason=reason)
+
+
+def canned_answer(status: int, code: str, message: str, retry_after: int | None = None) -> bytes:
+    """A whole HTTP answer in the router's JSON shape, for a connection that has no request
+    aiohttp could answer (none yet, or one too slow or too large to finish)."""
+    body = orjson.dumps({"error": code, "message": message})
+    head = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    if retry_after is not None:
+        head.append(f"Retry-After: {retry_after}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class GuardedProtocol(JsonErrorProtocol):
+    """aiohttp's protocol (with JSON errors), under the header and body deadlines."""
+
+    __slots__ = ("_guard", "_header_bytes", "_phase", "_ticket", "_timer")
+
+    def __init__(
+        self, manager: web.Server, *, guard: Guard, ticket: Ticket, on_error: OnError, **kw: Any
+    ) -> None:
+        super().__init__(manager, on_error=on_error, **kw)
+        self._guard = guard
+        self._ticket = ticket
+        self._timer: Any = None
+        self._phase = _HEADERS
+        self._header_bytes = 0
+
+    # -- the connection ------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._await_headers()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel()
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._ticket.release()
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == _HEADERS:
+            self._header_bytes += len(data)
+        before = self._request_count
+        super().data_received(data)
+        if self._phase != _HEADERS:
+            return
+        parsed = self._request_count - before
+        if parsed > 0:
+            self._phase = _REQUEST
+            self._cancel()
+            _, payload = self._messages[-parsed]  # the first request of this read
+            if not payload.is_eof():
+                self._arm(self._guard.body_timeout, partial(self._body_late, payload))
+                payload.on_eof(self._cancel)
+        elif self._header_bytes > self._guard.max_header_bytes:
+            limit = self._guard.max_header_bytes
+            self._cut(
+                "headers_too_large",
+                canned_answer(
+                    431, "headers_too_large", f"the request's headers exceed {limit} bytes"
+                ),
+            )
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        if resp.keep_alive:
+            # The next request's deadline starts once this one's body is in (at once, if it
+            # is): bytes of this body are not the next request's headers.
+            request.content.on_eof(self._await_headers)
+        return answered
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if isinstance(kw.get("exc_info"), BodyTimeout):
+            return  # already counted by `_body_late`
+        super().log_exception(*args, **kw)
+
+    # -- the deadlines -------------------------------------------------------------------
+
+    def _await_headers(self) -> None:
+        if self._force_close or self._close or self.transport is None or self._messages:
+            return  # closing, or the next request is already here (pipelined)
+        self._phase = _HEADERS
+        self._header_bytes = 0
+        self._arm(self._guard.header_timeout, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._timer = None
+        if self._phase != _HEADERS or self.transport is None:
+            return
+        if self._header_bytes == 0:
+            if self._request_count == 0:  # opened and never used: a slow client too
+                self._guard.closed("header_timeout")
+            self.force_close()  # an idle keep-alive connection is closed as usual
+            return
+        seconds = f"{self._guard.header_timeout:g}"
+        self._cut(
+            "header_timeout",
+            canned_answer(
+                408, "header_timeout", f"the request's headers did not arrive within {seconds} s"
+            ),
+        )
+
+    def _body_late(self, payload: StreamReader) -> None:
+        self._timer = None
+        if payload.is_eof() or self.transport is None:
+            return
+        self._guard.closed("body_timeout")
+        if self._request_in_progress:
+            seconds = f"{self._guard.body_timeout:g}"
+            payload.set_exception(BodyTimeout(f"the body did not arrive within {seconds} s"))
+        else:
+            self.force_close()  # answered already; nobody waits for the rest of it
+
+    def _cut(self, reason: str, answer: bytes) -> None:
+        self._cancel()
+        self._guard.closed(reason)
+        if self.transport is not None:
+            self.transport.write(answer)
+        self.force_close()  # closes once the answer is written
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel()
+        self._timer = self._loop.call_later(delay, callback)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

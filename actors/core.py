@@ -186,8 +186,11 @@ class CoreActor(RouterActor):
 
     def census(self) -> dict[str, int]:
         """Conversation actors by state; read on the loop, between this actor's turns."""
+        # An evicted actor waits in `live` (and in `retiring`) until its last writes are
+        # durable; it is no longer in memory.
+        leaving = sum(1 for cid in self.retiring if cid in self.live)
         return {
-            "resident": len(self.live),
+            "resident": len(self.live) - leaving,
             "loading": sum(1 for waiting in self.loading.values() if waiting),
             "retiring": len(self.retiring),
             "restarting": len(self.restarting),

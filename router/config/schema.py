@@ -103,6 +103,11 @@ Network = Annotated[Text, AfterValidator(_network)]
 Rate = Annotated[float, Field(ge=0, le=LIMIT)]  # 0: no limit
 
 
+def _needs_secret(signed_calls: bool, signing_secret: str | None) -> None:
+    if signed_calls and signing_secret is None:
+        raise problem("needs signing_secret: calls are checked against it", "signed_calls")
+
+
 class Table(BaseModel):
     """A TOML table: strict types, no unknown keys, no NaN or infinity."""
 
@@ -189,6 +194,12 @@ class IntegrationTable(Table):
     access_token: Text
     webhook_token: Text | None = None
     signing_secret: SigningSecret | None = None
+    signed_calls: bool = False
+
+    @model_validator(mode="after")
+    def _signed_calls_need_a_secret(self) -> Self:
+        _needs_secret(self.signed_calls, self.signing_secret)
+        return self
 
 
 class CcspTable(Table):
@@ -198,6 +209,12 @@ class CcspTable(Table):
     webhook_token: Text | None = None
     session_idle_timeout_s: Seconds = CcspConfig.session_idle_timeout_s
     signing_secret: SigningSecret | None = None
+    signed_calls: bool = False
+
+    @model_validator(mode="after")
+    def _signed_calls_need_a_secret(self) -> Self:
+        _needs_secret(self.signed_calls, self.signing_secret)
+        return self
 
 
 class FlowTable(Table):

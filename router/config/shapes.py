@@ -100,6 +100,7 @@ class IntegrationConfig:
     access_token: str
     webhook_token: str | None = None
     signing_secret: str | None = None  # deliveries are signed with it (Standard Webhooks)
+    signed_calls: bool = False  # its calls must be signed with it too
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class CcspConfig:
     webhook_token: str | None = None
     session_idle_timeout_s: float = 86_400.0
     signing_secret: str | None = None
+    signed_calls: bool = False
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,11 @@ ADMIN_ERRORS = (401, 503)
 
 def document() -> Schema:
     accepted = _json("accepted: on disk before this answer", ACCEPTED)
-    duplicate = _json("the same `Messageid` again on this asset: not delivered again", ACCEPTED)
+    duplicate = _json(
+        "the same `Messageid` again on this asset, or a signed call's `webhook-id` again: "
+        "not delivered again",
+        ACCEPTED,
+    )
     integration = _json("the integration (never its access token)", INTEGRATION)
     replayed = _json(
         "owed again, behind its conversation's queue",
@@ -152,7 +156,7 @@ def document() -> Schema:
         "/v1/bots/{integration_id}/{webhook_token}": {
             "post": _operation(
                 "A bot's event: a reply, a handover, a close, a milestone, ...",
-                {202: accepted},
+                {202: accepted, 200: duplicate},
                 INTAKE_ERRORS,
                 params=("integration_id", "webhook_token"),
                 body=EVENT_BODY,
@@ -162,7 +166,7 @@ def document() -> Schema:
         "/v1/ccsp/{ccsp_id}/{webhook_token}": {
             "post": _operation(
                 "A contact center's event: an agent message or a close",
-                {202: accepted},
+                {202: accepted, 200: duplicate},
                 INTAKE_ERRORS,
                 params=("ccsp_id", "webhook_token"),
                 body=EVENT_BODY,

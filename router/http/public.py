@@ -16,6 +16,7 @@ from aiohttp import web
 
 from router.http.admission import Admission, IntakeRates
 from router.http.inbound import InputError, fold, parse_bot, parse_ccsp, parse_channel
+from router.http.signed_callers import verify_caller
 from router.http.store_gate import unavailable
 from router.http.util import (
     bearer_matches,
@@ -26,7 +27,7 @@ from router.http.util import (
     token_matches,
 )
 from router.io.ids import new_id
-from router.io.records import insert_inbox
+from router.io.records import inbox_seen, insert_inbox
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -114,6 +115,16 @@ async def _store(
         raise unavailable(exc) from None
 
 
+async def _signed(request: web.Request, source: str, source_id: str, secret: str) -> str | None:
+    """A signed caller's dedupe key (its webhook-id); None when that id was accepted before,
+    so the call is answered as a duplicate, whatever has become of its conversation since."""
+    router = request.app[ROUTER]
+    raw = await request.read()  # what read_json already read: the bytes that were signed
+    key = f"webhook-id:{verify_caller(request, raw, secret, router.clock.now())}"
+    seen = await router.store.read(lambda conn: inbox_seen(conn, source, source_id, key))
+    return None if seen else key
+
+
 # Unknown ids and wrong tokens get the same answer, so ids cannot be probed for.
 CHANNEL_UNAUTHORIZED = "a valid Authorization: Bearer token is required"
 WEBHOOK_UNAUTHORIZED = "the webhook token does not match"
@@ -150,6 +161,12 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
         raise InputError(401, "unauthorized", WEBHOOK_UNAUTHORIZED)
     request.app[RATES].check("integration", integration_id)
     body = await read_json(request)
+    dedupe = None
+    if integration.signed_calls and integration.signing_secret is not None:
+        dedupe = await _signed(request, "bot", integration_id, integration.signing_secret)
+        if dedupe is None:
+            tally.result = "duplicate"
+            return json_response({"accepted": True, "duplicate": True}, status=200)
     event = parse_bot(body)
     assert router.intake is not None
     conversation = await router.intake.check_bot(integration_id, event)
@@ -163,7 +180,10 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
             body = {k: v for k, v in body.items() if fold(k) != "messageid"}
             body["Messageid"] = event.message_id
         answer["Messageid"] = event.message_id
-    inbox_id, _ = await _store(router, "bot", integration_id, None, body)
+    inbox_id, duplicate = await _store(router, "bot", integration_id, dedupe, body)
+    if duplicate:  # the same signed call twice at once: the other was stored
+        tally.result = "duplicate"
+        return json_response({"accepted": True, "duplicate": True}, status=200)
     router.intake.route_bot(integration_id, event, conversation, inbox_id)
     return json_response(answer, status=202)
 
@@ -178,10 +198,20 @@ async def ccsp_event(request: web.Request, tally: Tally) -> web.Response:
         raise InputError(401, "unauthorized", WEBHOOK_UNAUTHORIZED)
     request.app[RATES].check("ccsp", ccsp_id)
     body = await read_json(request)
+    ccsp = router.config.ccsp(ccsp_id)
+    dedupe = None
+    if ccsp is not None and ccsp.signed_calls and ccsp.signing_secret is not None:
+        dedupe = await _signed(request, "ccsp", ccsp_id, ccsp.signing_secret)
+        if dedupe is None:
+            tally.result = "duplicate"
+            return json_response({"accepted": True, "duplicate": True}, status=200)
     event = parse_ccsp(body)
     assert router.intake is not None
     conversation = await router.intake.check_ccsp(ccsp_id, event)
     tally.channel = conversation.channel
-    inbox_id, _ = await _store(router, "ccsp", ccsp_id, None, body)
+    inbox_id, duplicate = await _store(router, "ccsp", ccsp_id, dedupe, body)
+    if duplicate:
+        tally.result = "duplicate"
+        return json_response({"accepted": True, "duplicate": True}, status=200)
     router.intake.route_ccsp(event, conversation, inbox_id)
     return json_response(ACCEPTED, status=202)

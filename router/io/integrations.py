@@ -38,6 +38,7 @@ class Integration:
     webhook_token: str
     origin: Origin
     signing_secret: str | None = None  # never shown; its deliveries are signed with it
+    signed_calls: bool = False  # and its calls must be signed with it (from the file)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Integration:
@@ -73,16 +74,20 @@ class Integrations:
             )
 
         rows, stored = await self.store.write(upsert)
-        from_file = {i.id: i.signing_secret for i in configured}
-        self.items = {
-            row["id"]: replace(
-                Integration.from_row(row),
-                signing_secret=from_file[row["id"]]
-                if row["id"] in from_file
-                else stored.get(row["id"]),
-            )
-            for row in rows
-        }
+        from_file = {i.id: i for i in configured}
+        self.items = {}
+        for row in rows:
+            found = Integration.from_row(row)
+            configured_as = from_file.get(found.id)
+            if configured_as is None:
+                found = replace(found, signing_secret=stored.get(found.id))
+            else:
+                found = replace(
+                    found,
+                    signing_secret=configured_as.signing_secret,
+                    signed_calls=configured_as.signed_calls,
+                )
+            self.items[found.id] = found
 
     def adopt(self, stored: tuple[Integration, ...], removed: tuple[str, ...]) -> None:
         """A reload's writes, once durable. Item by item, not the whole map: one created over

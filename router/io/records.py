@@ -139,11 +139,11 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                     (asset, user, message_id, cid),
                 )
             case InboxDone(inbox_id=inbox_id, status=status):
-                # A channel event's row stays (without its body) so a resend is a duplicate;
-                # any other is deleted.
+                # A channel event's row stays (without its body) so a resend is a duplicate,
+                # and so does a signed call's, by its webhook-id; any other is deleted.
                 kept = conn.execute(
                     "UPDATE inbox SET status = ?, body = NULL "
-                    "WHERE inbox_id = ? AND source = 'channel'",
+                    "WHERE inbox_id = ? AND (source = 'channel' OR dedupe_key IS NOT NULL)",
                     (status, inbox_id),
                 ).rowcount
                 if not kept:
@@ -183,6 +183,16 @@ def transcript(conn: sqlite3.Connection, conversation_id: str) -> tuple[dict[str
         (conversation_id, TRANSCRIPT_LENGTH),
     ).fetchall()
     return tuple(orjson.loads(row[0]) for row in rows)
+
+
+def inbox_seen(conn: sqlite3.Connection, source: str, source_id: str, dedupe_key: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM inbox WHERE source = ? AND source_id = ? AND dedupe_key = ?",
+            (source, source_id, dedupe_key),
+        ).fetchone()
+        is not None
+    )
 
 
 def insert_inbox(

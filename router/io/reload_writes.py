@@ -68,10 +68,14 @@ def write_reload(
     )
     ids = {i.id for i in writes.integrations}
     rows = save_configured_integrations(conn, configured, new_token, now)
-    secrets = {i.id: i.signing_secret for i in writes.integrations}
+    configured_as = {i.id: i for i in writes.integrations}
     stored = tuple(
         (
-            replace(Integration.from_row(r), signing_secret=secrets[r["id"]]),
+            replace(
+                Integration.from_row(r),
+                signing_secret=configured_as[r["id"]].signing_secret,
+                signed_calls=configured_as[r["id"]].signed_calls,
+            ),
             str(r["state"]),
             int(r["consecutive_failures"]),
         )

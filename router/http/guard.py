@@ -101,6 +101,11 @@ class GuardedProtocol(JsonErrorProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        if self._force_close:
+            # Over TLS, the first bytes can arrive before the connection is handed over, and
+            # can already have been too many: nothing is left to do but close.
+            transport.close()
+            return
         self._await_headers()
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -27,6 +27,8 @@ from actors.messages import (
     EvictAll,
     Flush,
     Flushed,
+    Forget,
+    Forgotten,
     Idle,
     Inspect,
     Passivate,
@@ -48,6 +50,7 @@ from router.io.effects import Edge, Load, Loaded, Persist, Tell, TellAt
 from router.io.records import InboxDone, InboxPoisoned
 
 Routed = RouteChannel | ConversationEvent | Flush | Resume
+ERASED_KEPT = 10_000  # erased conversations remembered, so their timers log nothing
 
 
 @dataclass
@@ -77,6 +80,8 @@ class CoreActor(RouterActor):
         self.key_of: dict[str, str] = {}  # and back: forgetting one must not scan them all
         self.retiring: dict[str, list[Routed]] = {}
         self.stale: set[str] = set()  # loads to repeat: issued before a Retired arrived
+        self.forgotten: set[str] = set()  # being erased from the store: read as not found
+        self.erased: OrderedDict[str, None] = OrderedDict()  # the latest, for quieter logs
         self.arrivals = 0  # orders events that wait on different loads
         self.closing: dict[str, _Closing] = {}
         self.busy: set[str] = set()  # could not retire; asked again once it says Idle
@@ -114,6 +119,12 @@ class CoreActor(RouterActor):
                         evict(ref)  # its mail goes too: everything it stood for is on disk
                 self.live.clear()
                 return len(live)
+            case Forget(conversations=items):
+                return self._forget_all(items)
+            case Forgotten(conversations=items):
+                for erased, erased_key in items:
+                    self.forgotten.discard(erased)
+                    self._stale(erased, erased_key)  # a read under way may predate the erase
             case Passivate(conversation_id=wanted):
                 if wanted in self.live and wanted not in self.retiring:
                     self._ask_to_retire(wanted)
@@ -291,6 +302,31 @@ class CoreActor(RouterActor):
         if endpoint is None or not tell(endpoint, Supervised(cid, outcome)):
             self.supervised[outcome] += 1
 
+    def _forget_all(self, items: tuple[tuple[str, str], ...]) -> int:
+        """See `Forget`: what was about these conversations, in memory, goes."""
+        evicted = 0
+        for cid, key in items:
+            ref = self.live.get(cid)
+            if ref is not None:
+                with contextlib.suppress(ActorDeadError):
+                    evict(ref)
+                    evicted += 1
+            self.restarting.pop(cid, None)
+            self.retiring.pop(cid, None)
+            self._forget(cid)
+            self.forgotten.add(cid)
+            self.erased[cid] = None
+            if len(self.erased) > ERASED_KEPT:
+                self.erased.popitem(last=False)
+            self._stale(cid, key)
+            if any(closing.cid == cid for closing in self.closing.values()):
+                self.handle(Flushed(cid))  # it will never flush: what it held back goes on
+        return evicted
+
+    def _stale(self, cid: str, key: str) -> None:
+        lookups = (f"id:{cid}", f"key:{key}")
+        self.stale.update(lookup for lookup in lookups if lookup in self.loading)
+
     def _set_key(self, key: str, cid: str) -> None:
         old = self.keys.get(key)
         if old is not None and old != cid:
@@ -327,6 +363,8 @@ class CoreActor(RouterActor):
             return
         waiting = self.loading.pop(message.lookup, [])
         conversation = message.conversation
+        if conversation is not None and conversation.conversation_id in self.forgotten:
+            conversation = None  # read before its erase was on disk
         if message.failed:
             # Left unrouted in the store: routed again when the daemon next starts.
             self.log.error(
@@ -354,7 +392,8 @@ class CoreActor(RouterActor):
                 conversation = self._new(first)
                 self._spawn(conversation, {}, [], persist=True)
         elif conversation is None:
-            self.log.error("unknown_conversation", **conversation_fields(value, None, None))
+            if value not in self.erased:  # an erased one's timers still fall due: expected
+                self.log.error("unknown_conversation", **conversation_fields(value, None, None))
             for item in items:
                 inbox_id = getattr(item, "inbox_id", None)
                 if inbox_id is not None:

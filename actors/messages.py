@@ -126,3 +126,21 @@ class EvictAll:
     """Before the daemon starts its actors again from the store (recovery after the store
     failed): every conversation actor stops at once, and what it held in memory, which may
     have run ahead of the disk, goes with it. Answered with how many were evicted."""
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Conversations about to be erased from the store, as (id, identity): their actors stop
+    at once with whatever they held, events waiting for them are dropped, and until
+    `Forgotten` a read of them from the store counts as not found, so that none is loaded
+    again and written back. Answered with how many actors were evicted."""
+
+    conversations: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """The erase of these conversations, as (id, identity), is on disk: reads of them find
+    nothing now."""
+
+    conversations: tuple[tuple[str, str], ...]

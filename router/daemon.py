@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections import defaultdict
+from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,8 @@ from router.io.records import (
 from router.io.store import Store
 from router.recovery import StoreWatch
 from router.reload import reload_config
+from router.retention import RetentionSweep
+from router.retention import erase_customer as erase_customer_data
 
 
 class StartError(Exception):
@@ -111,6 +113,7 @@ class Router:
         # While the store cannot commit: intake answers 503, and the watch resumes routing.
         self.store_gate = StoreGate(self.store.health, lambda s: self.metrics.errors(str(s)).inc())
         self.watch = StoreWatch(self)
+        self.retention = RetentionSweep(self)
         self.log = structlog.get_logger("router.daemon")
 
     @property
@@ -136,6 +139,7 @@ class Router:
             started.append("http")  # whichever listener did start is closed on failure
             await self.start_http()
             self.watch.start()
+            self.retention.start()
         except BaseException:
             await self._stop(started)
             raise
@@ -155,6 +159,7 @@ class Router:
 
     async def _stop(self, started: list[str]) -> None:
         await self.watch.stop()  # no recovery starts actors while they are being stopped
+        await self.retention.stop()
         if "http" in started:
             await self.stop_http()
         if "actors" in started:
@@ -467,6 +472,10 @@ class Router:
             return "passivated"
         answer: str = await self._core.ask(Passivate(conversation_id), block=False)
         return answer
+
+    async def erase_customer(self, asset: str, user: str, events: tuple[str, ...]) -> Counter[str]:
+        """Everything kept about one user of an asset (`router.retention`)."""
+        return await erase_customer_data(self, asset, user, events)
 
     def integration_view(self, integration: Integration, health: dict[str, Any]) -> dict[str, Any]:
         return {

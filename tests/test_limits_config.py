@@ -44,7 +44,7 @@ def test_the_defaults() -> None:
     )
     assert config.delivery == DeliveryConfig()
     assert config.limits == LimitsConfig()
-    assert (config.limits.asset_rate_per_s, config.limits.asset_burst) == (200.0, 400)
+    assert (config.limits.asset_rate_per_s, config.limits.asset_burst) == (0.0, 400)
     assert config.limits.address_rate_per_s == 0.0  # off unless asked for
 
 

@@ -226,7 +226,14 @@ async def test_a_bot_and_a_ccsp_over_their_rates_get_429(
 ) -> None:
     clock = ManualClock()
     daemon = await start_router(
-        limited(peers, tmp_path, integration_rate_per_s=1.0, integration_burst=1, ccsp_burst=1),
+        limited(
+            peers,
+            tmp_path,
+            integration_rate_per_s=1.0,
+            integration_burst=1,
+            ccsp_rate_per_s=1.0,
+            ccsp_burst=1,
+        ),
         clock,
     )
     close = {"Event": "Close", "conversation_id": "nope"}

@@ -24,6 +24,7 @@ from router.config.shapes import (
     DeliveryConfig,
     LimitsConfig,
     ServerConfig,
+    StoreConfig,
 )
 from router.config.urls import url_problem
 
@@ -153,8 +154,13 @@ class AdminTable(Table):
     token: Text
 
 
+Days = Annotated[float, Field(ge=0, le=36_500)]  # 0: kept forever
+
+
 class StoreTable(Table):
     path: Text = str(Config.store_path)
+    retention_days: Days = StoreConfig.retention_days
+    dead_letter_retention_days: Days = StoreConfig.dead_letter_retention_days
 
 
 class DeliveryTable(Table):

@@ -37,6 +37,7 @@ from router.config.shapes import (
     RuleConfig,
     ServerConfig,
     ServiceConfig,
+    StoreConfig,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "RuleConfig",
     "ServerConfig",
     "ServiceConfig",
+    "StoreConfig",
     "check_references",
     "load_config",
     "parse_config",
@@ -129,6 +131,10 @@ def _config(model: RouterFile, source: str) -> Config:
         debug=DebugConfig(**model.debug.model_dump()),
         admin_token=model.admin.token,
         store_path=Path(model.store.path),
+        store=StoreConfig(
+            retention_days=model.store.retention_days,
+            dead_letter_retention_days=model.store.dead_letter_retention_days,
+        ),
         delivery=DeliveryConfig(
             timeout_s=model.delivery.timeout_s,
             retry_delays_s=tuple(model.delivery.retry_delays_s),

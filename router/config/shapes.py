@@ -22,6 +22,7 @@ __all__ = [
     "RuleConfig",
     "ServerConfig",
     "ServiceConfig",
+    "StoreConfig",
 ]
 
 
@@ -58,6 +59,17 @@ class DebugConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The `[store]` table's retention (its path is `Config.store_path`); 0 keeps forever."""
+
+    # Closed conversations untouched this long go, with their transcripts, sessions and the
+    # Messageids they sent; handled inbound events this old too.
+    retention_days: float = 0.0
+    # Dead letters and poisoned events this old go.
+    dead_letter_retention_days: float = 0.0
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     timeout_s: float = 5.0
     retry_delays_s: tuple[float, ...] = (60.0, 300.0, 900.0, 2340.0)
@@ -74,11 +86,13 @@ class LimitsConfig:
     limit), `*_burst` at once. Assets, integrations and CCSPs are counted once their caller
     is authenticated; addresses (`address_*`) on every request of the public port."""
 
-    asset_rate_per_s: float = 200.0
+    # Off unless set: a router moves thousands of events a second, and a limit that is not the
+    # operator's own would throttle a busy asset's legitimate traffic first.
+    asset_rate_per_s: float = 0.0
     asset_burst: int = 400
-    integration_rate_per_s: float = 200.0
+    integration_rate_per_s: float = 0.0
     integration_burst: int = 400
-    ccsp_rate_per_s: float = 200.0
+    ccsp_rate_per_s: float = 0.0
     ccsp_burst: int = 400
     address_rate_per_s: float = 0.0
     address_burst: int = 100
@@ -154,6 +168,7 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
     admin_token: str = ""
     store_path: Path = Path("var/router.db")
+    store: StoreConfig = field(default_factory=StoreConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     conversations: ConversationsConfig = field(default_factory=ConversationsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

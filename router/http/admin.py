@@ -16,6 +16,7 @@ from router.config.urls import has_credentials, url_problem
 from router.domain.commands import ToConversation, Verified
 from router.domain.events import Replay
 from router.http.conversation_admin import conversation_routes
+from router.http.customer_admin import customer_routes
 from router.http.inbound import InputError, bad_request, row_id
 from router.http.openapi import openapi_routes
 from router.http.public import ROUTER
@@ -47,6 +48,7 @@ def admin_routes(app: web.Application) -> None:
     app.router.add_post("/v1/admin/dead-letters/{id}/replay", replay_dead_letter)
     app.router.add_post("/v1/admin/poisoned-events/{id}/replay", replay_poisoned_event)
     conversation_routes(app)
+    customer_routes(app)
 
 
 def _admin(request: web.Request) -> Router:

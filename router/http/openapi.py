@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from router.http.customer_admin import ERASED
+
 JSON = "application/json"
 Schema = dict[str, Any]
 
@@ -59,11 +61,15 @@ ERRORS = {
     401: "a missing or wrong token",
     404: "an unknown conversation, integration, CCSP, dead letter or poisoned event",
     409: "a conflict with the conversation's or integration's state",
+    408: "the headers or the body did not arrive within their deadline",
     413: "a body over `max_body_bytes`",
     415: "a compressed or otherwise encoded body",
+    417: "an `Expect` other than `100-continue`",
     422: "a failed verification",
-    429: "over the intake rate limit; `Retry-After` says when to try again",
-    503: "the store cannot commit, or the daemon is stopping; `Retry-After` says when to retry",
+    429: "over a rate or connection limit; `Retry-After` says when to try again",
+    431: "headers over `max_header_bytes`",
+    503: "the store cannot commit, the daemon is stopping or too many connections are open; "
+    "`Retry-After` says when to retry",
 }
 
 
@@ -102,8 +108,10 @@ def _operation(
     return operation
 
 
-INTAKE_ERRORS = (400, 401, 404, 409, 413, 415, 429, 503)
-ADMIN_ERRORS = (401, 503)
+# What any request may meet before its handler runs: the connection guard and admission.
+DOOR = (408, 413, 415, 417, 429, 431, 503)
+INTAKE_ERRORS = (400, 401, 404, 409, *DOOR)
+ADMIN_ERRORS = (401, *DOOR)
 
 
 def document() -> Schema:
@@ -122,6 +130,15 @@ def document() -> Schema:
         "type": "object",
         "required": ["Conversationid", "passivated"],
         "properties": {"Conversationid": {"type": "string"}, "passivated": {"type": "boolean"}},
+    }
+    erased = {
+        "type": "object",
+        "required": ["asset", "Userid", *ERASED],
+        "properties": {
+            "asset": {"type": "string"},
+            "Userid": {"type": "string"},
+            **{count: {"type": "integer", "minimum": 0} for count in ERASED},
+        },
     }
     new_integration = {
         "type": "object",
@@ -265,11 +282,19 @@ def document() -> Schema:
                 params=("id",),
             )
         },
+        "/v1/admin/customers/{asset_id}/{user_id}": {
+            "delete": _operation(
+                "Erase everything kept about one user of an asset, open conversations included",
+                {200: _json("what was removed, by kind", erased)},
+                (*ADMIN_ERRORS, 404),
+                params=("asset_id", "user_id"),
+            )
+        },
         "/openapi.json": {
             "get": _operation(
                 "This document",
                 {200: _json("OpenAPI 3.1", {"type": "object"})},
-                (),
+                DOOR,
                 secured=False,
             )
         },

@@ -151,9 +151,16 @@ def _version_2(conn: sqlite3.Connection) -> None:
 
 def _version_3(conn: sqlite3.Connection) -> None:
     """One row the daemon rewrites to learn whether the store commits again after failing."""
+    conn.execute("CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)")
+
+
+def _version_4(conn: sqlite3.Connection) -> None:
+    """What retention and erasure look up: closed conversations by age, a conversation's
+    agent sessions."""
     conn.execute(
-        "CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)"
+        "CREATE INDEX conversations_closed ON conversations (updated_at) WHERE status = 'closed'"
     )
+    conn.execute("CREATE INDEX ccsp_sessions_conversation ON ccsp_sessions (conversation_id)")
 
 
 # Migration N brings a store from `PRAGMA user_version` N-1 to N. Append, never edit.
@@ -161,6 +168,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _version_1,
     _version_2,
     _version_3,
+    _version_4,
 )
 
 

@@ -27,6 +27,7 @@ async def test_ten_thousand_conversations_add_no_thread(
     config["integrations"][0]["url"] = f"http://127.0.0.1:{port}/bot"
     daemon = await start_router(config)
     assert (await daemon.get_debug("/healthz"))[0] == 200  # the store's reader is up
+    assert (await daemon.get_debug("/debug/integrations"))[0] == 200  # and the debug port's
     before = threading.active_count()
     route = ChannelRoute(service="plain", mode="bot", bot="support-bot", ccsp=None, flow=None)
     fields = {"Message": "hi", "MessageType": "text", "Media": ""}

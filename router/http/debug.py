@@ -160,8 +160,8 @@ async def integrations(request: web.Request) -> web.Response:
     if wanted is not None and wanted not in ("active", "inactive"):
         raise bad_request("state must be active or inactive")
     health = await router.integrations.health()
-    parked = await router.store.read(parked_counts)
-    dead = await router.store.read(dead_letter_summary)
+    parked = await router.store.read_aside(parked_counts)
+    dead = await router.store.read_aside(dead_letter_summary)
     views = []
     supervisors = router.integrations_live()
     for i in list(router.integrations.items.values()):
@@ -190,7 +190,7 @@ async def runtime(request: web.Request) -> web.Response:
     """The actor runtime: resident and passivated conversations, mail, rate, restarts."""
     router = request.app[ROUTER]
     view = router.runtime_view()
-    stored_open = await router.store.read(open_conversation_count)
+    stored_open = await router.store.read_aside(open_conversation_count)
     view["conversations"]["passivated"] = max(0, stored_open - view["conversations"]["resident"])
     return json_response(view)
 
@@ -211,7 +211,7 @@ async def poisoned_event_list(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     limit, cursor = _page(request)
     after = row_id(cursor, "cursor") if cursor else 0
-    rows = await router.store.read(lambda c: poisoned_events(c, limit + 1, after))
+    rows = await router.store.read_aside(lambda c: poisoned_events(c, limit + 1, after))
     page = rows[:limit]
     return json_response(
         {
@@ -248,7 +248,9 @@ async def conversations(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     limit, cursor = _page(request)
     wanted = conversation_filter(request)
-    items = await router.store.read(lambda c: find_conversations(c, wanted, limit + 1, cursor))
+    items = await router.store.read_aside(
+        lambda c: find_conversations(c, wanted, limit + 1, cursor)
+    )
     page = items[:limit]
     return json_response(
         {
@@ -261,12 +263,12 @@ async def conversations(request: web.Request) -> web.Response:
 async def conversation(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     cid = request.match_info["conversation_id"]
-    found = await router.store.read(lambda c: get_conversation(c, cid))
+    found = await router.store.read_aside(lambda c: get_conversation(c, cid))
     if found is None:
         raise InputError(404, "unknown_conversation", f"no conversation {cid!r}")
-    deliveries = await router.store.read(lambda c: conversation_deliveries(c, cid))
-    messages = await router.store.read(lambda c: transcript(c, cid))
-    sessions = await router.store.read(lambda c: agent_sessions(c, cid))
+    deliveries = await router.store.read_aside(lambda c: conversation_deliveries(c, cid))
+    messages = await router.store.read_aside(lambda c: transcript(c, cid))
+    sessions = await router.store.read_aside(lambda c: agent_sessions(c, cid))
     return json_response(
         {
             **conversation_view(found),
@@ -286,7 +288,7 @@ async def dead_letter_list(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     limit, cursor = _page(request)
     after = row_id(cursor, "cursor") if cursor else 0
-    items = await router.store.read(lambda c: dead_letters(c, limit + 1, after))
+    items = await router.store.read_aside(lambda c: dead_letters(c, limit + 1, after))
     page = items[:limit]
     return json_response(
         {

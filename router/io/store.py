@@ -216,6 +216,9 @@ class Store:
         self._read_conn: sqlite3.Connection | None = None
         # The read connection serves the reader thread and start-up's reads on the loop.
         self._read_lock = threading.Lock()
+        # The debug port's reads: their own connection and thread, made on first use.
+        self._aside: ThreadPoolExecutor | None = None
+        self._aside_conn: sqlite3.Connection | None = None
         self.health = StoreHealth(now, metrics)
         self.identity: FileIdentity | None = None
         self._log = structlog.get_logger("router.store")
@@ -242,6 +245,19 @@ class Store:
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         assert self._read_conn is not None, "store is not open"
         return await asyncio.get_running_loop().run_in_executor(self._reader, self._locked, work)
+
+    async def read_aside(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """A read for people looking at the daemon: a slow scan (a filter over every
+        conversation) waits on its own thread, never in front of the reads that intake and
+        conversation loads wait on."""
+        if self._aside is None:
+            self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-look")
+        return await asyncio.get_running_loop().run_in_executor(self._aside, self._look, work)
+
+    def _look(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._aside_conn is None:
+            self._aside_conn = connect(self.path)
+        return work(self._aside_conn)
 
     def read_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """A read on the caller's thread: start-up's, and recovery's while the doors are open."""
@@ -275,6 +291,12 @@ class Store:
         if self._read_conn is not None:
             self._read_conn.close()
             self._read_conn = None
+        if self._aside is not None:
+            self._aside.shutdown(wait=True)
+            self._aside = None
+        if self._aside_conn is not None:
+            self._aside_conn.close()
+            self._aside_conn = None
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,7 @@ from router.loadtest.driver import Tally
 from router.loadtest.live import progress
 from router.loadtest.setup import router_config
 from router.loadtest.verdict import Sent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import free_port, serving
 
 
 def loadtest(*args: str) -> tuple[int, dict[str, Any], str]:
@@ -49,24 +43,8 @@ def external(tmp_path: Path) -> Iterator[tuple[str, int, str]]:
     config.write_text(
         router_config(port, debug, f"http://127.0.0.1:{peers}", tmp_path / "r.db", rule)
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "router did not start"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", peers, str(config)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving(config, port) as url:
+        yield url, peers, str(config)
 
 
 def test_a_mixed_load_arrives_whole_and_in_order_and_is_charted(tmp_path: Path) -> None:

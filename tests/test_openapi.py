@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,14 +17,9 @@ from schemathesis.specs.openapi.checks import (
 
 from router.http.openapi import document
 from tests.conftest import Daemon
+from tests.processes import free_port, serving
 
 TOKEN = "fuzz-token"  # the asset's and the admin's, so one header opens both
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_the_document_is_served_and_names_every_route(daemon: Daemon) -> None:
@@ -89,24 +80,8 @@ bot = "fuzz-bot"
 ccsp = "fuzz-ccsp"
 """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving(config, port) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

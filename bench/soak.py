@@ -167,7 +167,9 @@ async def soak(args: argparse.Namespace) -> None:
         procs.append(spawn("-m", "router.cli", "serve", "--config", str(config)))
         router = procs[-1]
         timeout = aiohttp.ClientTimeout(total=30)
-        connector = aiohttp.TCPConnector(limit=0)
+        # A bounded pool: the customers hold at most this many connections open, so what the
+        # router holds is its own doing (an unbounded pool grows whenever answers slow down).
+        connector = aiohttp.TCPConnector(limit=128)
         try:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 await wait_up(session, f"{bot}/count")

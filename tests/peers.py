@@ -31,6 +31,7 @@ class Peer:
     verify: Any = "echo"
     received: list[Received] = field(default_factory=list)
     tried: list[Received] = field(default_factory=list)  # every attempt, answered or not
+    verified: list[Received] = field(default_factory=list)  # the Verify challenges it got
     attempts: int = 0
     url: str = ""
     _changed: asyncio.Condition | None = None
@@ -49,6 +50,8 @@ class Peer:
         body = orjson.loads(raw)
         if body.get("Event") != "Verify":
             self.tried.append(Received(body, dict(request.headers), raw))
+        else:
+            self.verified.append(Received(body, dict(request.headers), raw))
         if body.get("Event") == "Verify":
             if self.verify == "echo":
                 return web.json_response({"challenge": body["challenge"]})

@@ -124,6 +124,8 @@ async def test_a_delivery_parked_while_its_bot_was_out_keeps_its_id_when_release
     status, _ = await daemon.admin("POST", "/v1/admin/integrations/support-bot/verify")
     assert status == 200
     await peers.bot.wait_for(1)
+    challenge = peers.bot.verified[-1]
+    assert verify(SECRET, challenge)["Event"] == "Verify"  # the challenge is signed too
     failed, delivered = peers.bot.tried
     assert failed.headers["webhook-id"] == delivered.headers["webhook-id"]
     assert verify(SECRET, delivered)["Message"] == "hi"

@@ -222,7 +222,11 @@ async def verify_integration(request: web.Request) -> web.Response:
     integration = _integration(router, request)
     challenge = secrets.token_urlsafe(18)
     ok, error, payload = await router.edge.exchange(
-        integration.url, integration.access_token, {"Event": "Verify", "challenge": challenge}
+        integration.url,
+        integration.access_token,
+        {"Event": "Verify", "challenge": challenge},
+        webhook_id=f"msg_verify_{challenge}",  # signed like every other call it gets
+        secret=integration.signing_secret,
     )
     if ok:
         try:

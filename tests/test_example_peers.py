@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,14 +18,9 @@ from router.cli import main
 from router.config.settings import parse_config
 from router.daemon import Router
 from router.peers.serve import RunningPeers, start_peers, stop_peers
+from tests.processes import free_port
 
 ASSET = "asset-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def example_config(store: Path, public: int, peers: int) -> dict[str, Any]:

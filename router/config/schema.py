@@ -104,11 +104,6 @@ Network = Annotated[Text, AfterValidator(_network)]
 Rate = Annotated[float, Field(ge=0, le=LIMIT)]  # 0: no limit
 
 
-def _needs_secret(signed_calls: bool, signing_secret: str | None) -> None:
-    if signed_calls and signing_secret is None:
-        raise problem("needs signing_secret: calls are checked against it", "signed_calls")
-
-
 class Table(BaseModel):
     """A TOML table: strict types, no unknown keys, no NaN or infinity."""
 
@@ -193,34 +188,29 @@ class ConversationsTable(Table):
     restart_backoff_s: Seconds = ConversationsConfig.restart_backoff_s
 
 
-class IntegrationTable(Table):
+class CallerTable(Table):
+    """A bot or a CCSP: it calls the router back, and may be made to sign those calls."""
+
     id: Text
+    url: Url
+    access_token: Text
+    webhook_token: Text | None = None
+    signing_secret: SigningSecret | None = None
+    signed_calls: bool = False
+
+    @model_validator(mode="after")
+    def _signed_calls_need_a_secret(self) -> Self:
+        if self.signed_calls and self.signing_secret is None:
+            raise problem("needs signing_secret: calls are checked against it", "signed_calls")
+        return self
+
+
+class IntegrationTable(CallerTable):
     name: Text
-    url: Url
-    access_token: Text
-    webhook_token: Text | None = None
-    signing_secret: SigningSecret | None = None
-    signed_calls: bool = False
-
-    @model_validator(mode="after")
-    def _signed_calls_need_a_secret(self) -> Self:
-        _needs_secret(self.signed_calls, self.signing_secret)
-        return self
 
 
-class CcspTable(Table):
-    id: Text
-    url: Url
-    access_token: Text
-    webhook_token: Text | None = None
+class CcspTable(CallerTable):
     session_idle_timeout_s: Seconds = CcspConfig.session_idle_timeout_s
-    signing_secret: SigningSecret | None = None
-    signed_calls: bool = False
-
-    @model_validator(mode="after")
-    def _signed_calls_need_a_secret(self) -> Self:
-        _needs_secret(self.signed_calls, self.signing_secret)
-        return self
 
 
 class FlowTable(Table):

@@ -72,6 +72,7 @@ from router.recovery import StoreWatch
 from router.reload import reload_config
 from router.retention import RetentionSweep
 from router.retention import erase_customer as erase_customer_data
+from router.rotation import SecretRotation
 
 
 class StartError(Exception):
@@ -114,6 +115,8 @@ class Router:
         self.store_gate = StoreGate(self.store.health, lambda s: self.metrics.errors(str(s)).inc())
         self.watch = StoreWatch(self)
         self.retention = RetentionSweep(self)
+        self.rotation = SecretRotation(self)
+        self.edge.retired = self.rotation.retired
         self.log = structlog.get_logger("router.daemon")
 
     @property
@@ -196,6 +199,7 @@ class Router:
                     webhook_token, kind="ccsp", item_id=ccsp.id, proposed=proposed, pinned=pinned
                 )
             )
+        await self.rotation.load()
 
     def start_actors(self) -> None:
         threshold = self.config.delivery.inactive_after_failures
@@ -430,6 +434,9 @@ class Router:
             self.accept_errors = None
 
     # -- views ---------------------------------------------------------------------------
+
+    def admin_tokens(self) -> tuple[str, ...]:
+        return self.rotation.accepted("admin", "", self.config.admin_token)
 
     def bot_webhook_url(self, integration: Integration) -> str:
         return webhook_url(self.public_url, "bots", integration.id, integration.webhook_token)

@@ -88,8 +88,10 @@ async def reload_config(router: Router, path: str | Path) -> bool:
             return _refused(source, [f"{source}: store: cannot write the reload: {exc}"])
         if written.blockers:
             return _refused(source, [f"{source}: {reason}" for reason in written.blockers])
+        before = router.rotation.slots()
         _apply(router, new, changes, written)
         _log.info("config_reloaded", file=source, changes=changes.summary())
+        await router.rotation.changed(before)  # replaced secrets stay good for the overlap
         return True
 
 

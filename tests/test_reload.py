@@ -435,7 +435,7 @@ async def test_a_ccsp_added_and_the_admin_token_changed_apply_at_once(
             "session_idle_timeout_s": 600.0,
         }
     )
-    raw["admin"]["token"] = "rotated-admin"
+    raw["admin"] |= {"token": "rotated-admin", "secret_overlap_s": 0}  # no overlap: at once
     assert await reloader.applied(raw) == {
         "ccsp": {"added": ["night-shift"]},
         "admin": {"changed": ["token"]},
@@ -480,10 +480,11 @@ async def test_events_accepted_while_the_file_is_reloaded_are_all_delivered(
     assert letters["dead_letters"] == []
 
 
-async def test_a_changed_webhook_token_replaces_the_old_one_at_once(
+async def test_a_changed_webhook_token_keeps_the_old_one_good_for_the_overlap(
     start_router: StartRouter, peers: Peers, tmp_path: Path
 ) -> None:
-    reloader = await start(start_router, peers, tmp_path)
+    clock = ManualClock()
+    reloader = await start(start_router, peers, tmp_path, clock=clock)
     daemon = reloader.daemon
     await daemon.customer("I need a human", "m1")
     [first] = await peers.bot.wait_for(1)
@@ -491,6 +492,7 @@ async def test_a_changed_webhook_token_replaces_the_old_one_at_once(
     assert (await daemon.bot({"Event": "Handover", "conversation_id": bot_id}))[0] == 202
     [handover] = await peers.ccsp.wait_for(1)
     raw = reloader.edited()
+    raw["admin"]["secret_overlap_s"] = 600
     raw["integrations"][0]["webhook_token"] = "bot-hook-2"
     raw["ccsp"][0]["webhook_token"] = "ccsp-hook-2"
     assert await reloader.applied(raw) == {
@@ -498,11 +500,13 @@ async def test_a_changed_webhook_token_replaces_the_old_one_at_once(
         "ccsp": {"changed": {"agents": ["webhook_token"]}},
     }
     event = {"Event": "Custom Event", "conversation_id": bot_id}
-    assert (await daemon.bot(event))[0] == 401
-    assert (await daemon.bot(event, token="bot-hook-2"))[0] == 202
     message = {"Event": "Agent message", "Conversationid": handover["Conversationid"]}
-    assert (await daemon.agent({**message, "Message": "hi"}))[0] == 401
-    assert (await daemon.agent({**message, "Message": "hi"}, token="ccsp-hook-2"))[0] == 202
+    for old_token_answer in (202, 401):  # within the overlap, then past it
+        assert (await daemon.bot(event))[0] == old_token_answer
+        assert (await daemon.bot(event, token="bot-hook-2"))[0] == 202
+        assert (await daemon.agent({**message, "Message": "hi"}))[0] == old_token_answer
+        assert (await daemon.agent({**message, "Message": "hi"}, token="ccsp-hook-2"))[0] == 202
+        clock.advance(600)
     _, ccsp = await daemon.admin("GET", "/v1/admin/ccsp/agents")
     assert ccsp["webhook_url"] == f"{daemon.public}/v1/ccsp/agents/ccsp-hook-2"
 

@@ -35,9 +35,13 @@ TABLES = {
 # Read where they are used, at each request or event, so a reload applies them. Every
 # other key needs a restart, including a section added later until it is made reloadable:
 # applying a key that some part read once would leave the file and the daemon disagreeing.
-RELOADABLE = frozenset({*TABLES.values(), "admin_token", "limits", "source"})
+RELOADABLE = frozenset({*TABLES.values(), "admin_token", "secret_overlap_s", "limits", "source"})
 # Config attributes that are not named as in the file.
-FILE_KEYS = {"store_path": "store.path", "admin_token": "admin.token"}
+FILE_KEYS = {
+    "store_path": "store.path",
+    "admin_token": "admin.token",
+    "secret_overlap_s": "admin.secret_overlap_s",
+}
 
 
 class _Item(Protocol):

@@ -147,6 +147,7 @@ class DebugTable(Table):
 
 class AdminTable(Table):
     token: Text
+    secret_overlap_s: Annotated[float, Field(ge=0, le=90 * 86_400)] = Config.secret_overlap_s
 
 
 Days = Annotated[float, Field(ge=0, le=36_500)]  # 0: kept forever

@@ -130,6 +130,7 @@ def _config(model: RouterFile, source: str) -> Config:
         ),
         debug=DebugConfig(**model.debug.model_dump()),
         admin_token=model.admin.token,
+        secret_overlap_s=model.admin.secret_overlap_s,
         store_path=Path(model.store.path),
         store=StoreConfig(
             retention_days=model.store.retention_days,

@@ -167,6 +167,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     admin_token: str = ""
+    # How long a replaced secret stays good beside its successor; 0 ends it at once.
+    secret_overlap_s: float = 86_400.0
     store_path: Path = Path("var/router.db")
     store: StoreConfig = field(default_factory=StoreConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)

@@ -20,6 +20,7 @@ from router.http.customer_admin import customer_routes
 from router.http.inbound import InputError, bad_request, row_id
 from router.http.openapi import openapi_routes
 from router.http.public import ROUTER
+from router.http.rotation_admin import overlap_from, replace_webhook_token, secrets_view
 from router.http.util import json_response, read_json, require_bearer
 from router.io.records import (
     SaveIntegrationState,
@@ -45,6 +46,8 @@ def admin_routes(app: web.Application) -> None:
     app.router.add_patch("/v1/admin/integrations/{id}", patch_integration)
     app.router.add_delete("/v1/admin/integrations/{id}", delete_integration)
     app.router.add_post("/v1/admin/integrations/{id}/verify", verify_integration)
+    app.router.add_post("/v1/admin/integrations/{id}/webhook_token", new_webhook_token)
+    app.router.add_get("/v1/admin/secrets", list_secrets)
     app.router.add_post("/v1/admin/dead-letters/{id}/replay", replay_dead_letter)
     app.router.add_post("/v1/admin/poisoned-events/{id}/replay", replay_poisoned_event)
     conversation_routes(app)
@@ -53,7 +56,7 @@ def admin_routes(app: web.Application) -> None:
 
 def _admin(request: web.Request) -> Router:
     router = request.app[ROUTER]
-    require_bearer(request, router.config.admin_token)
+    require_bearer(request, router.admin_tokens())
     return router
 
 
@@ -115,12 +118,13 @@ OPTIONAL = ("id", "signing_secret")
 def _fields(body: Any, *, required: bool) -> dict[str, str | None]:
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
-    allowed = (*EDITABLE, "id") if required else EDITABLE
+    keys = (*EDITABLE, "id") if required else EDITABLE
+    allowed = keys if required else (*keys, "overlap_s")  # how long replaced ones stay good
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}; expected {', '.join(allowed)}")
     fields: dict[str, str | None] = {}
-    for key in allowed:
+    for key in keys:
         value = body.get(key)
         if value is None:
             if required and key not in OPTIONAL:
@@ -188,12 +192,15 @@ async def create_integration(request: web.Request) -> web.Response:
 async def patch_integration(request: web.Request) -> web.Response:
     router = _admin(request)
     integration = _integration(router, request)
-    fields = _fields(await read_json(request), required=False)
+    body = await read_json(request)
+    fields, overlap = _fields(body, required=False), overlap_from(body)
+    before = router.rotation.slots()
     try:
         integration = await router.integrations.update(integration.id, fields)
     except KeyError:
         raise _unknown(integration.id) from None
     router.reconfigure_endpoint(integration)
+    await router.rotation.changed(before, overlap)  # a replaced secret stays good a while
     return json_response(await _view(router, integration))
 
 
@@ -211,9 +218,24 @@ async def delete_integration(request: web.Request) -> web.Response:
     owed = await router.store.read(lambda c: owed_to_bot(c, integration.id))
     if owed:
         raise InputError(409, "deliveries_pending", f"{owed} deliveries are still owed to it")
+    before = router.rotation.slots()
     await router.integrations.delete(integration.id)
     router.remove_endpoint(integration.id)
+    await router.rotation.changed(before)  # its old secrets must not outlive it
     return web.Response(status=204)
+
+
+async def new_webhook_token(request: web.Request) -> web.Response:
+    router = _admin(request)
+    integration = _integration(router, request)
+    try:
+        return await replace_webhook_token(request, router, integration)
+    except KeyError:
+        raise _unknown(integration.id) from None
+
+
+async def list_secrets(request: web.Request) -> web.Response:
+    return secrets_view(_admin(request))
 
 
 async def verify_integration(request: web.Request) -> web.Response:
@@ -227,6 +249,7 @@ async def verify_integration(request: web.Request) -> web.Response:
         {"Event": "Verify", "challenge": challenge},
         webhook_id=f"msg_verify_{challenge}",  # signed like every other call it gets
         secret=integration.signing_secret,
+        dest=f"bot:{integration.id}",
     )
     if ok:
         try:

@@ -30,7 +30,7 @@ def conversation_routes(app: web.Application) -> None:
 
 def _admin(request: web.Request) -> Router:
     router = request.app[ROUTER]
-    require_bearer(request, router.config.admin_token)
+    require_bearer(request, router.admin_tokens())
     return router
 
 

@@ -41,7 +41,7 @@ def customer_routes(app: web.Application) -> None:
 
 def _admin(request: web.Request) -> Router:
     router = request.app[ROUTER]
-    require_bearer(request, router.config.admin_token)
+    require_bearer(request, router.admin_tokens())
     return router
 
 

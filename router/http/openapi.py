@@ -88,6 +88,7 @@ def _operation(
     *,
     params: tuple[str, ...] = (),
     body: Schema | None = None,
+    body_required: bool = True,
     secured: bool = True,
 ) -> Schema:
     operation: Schema = {
@@ -102,7 +103,10 @@ def _operation(
         },
     }
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+        operation["requestBody"] = {
+            "required": body_required,
+            "content": {JSON: {"schema": body}},
+        }
     if not secured:
         operation["security"] = []
     return operation
@@ -151,6 +155,13 @@ def document() -> Schema:
             "signing_secret": {"type": "string", "description": "whsec_…; never shown"},
         },
     }
+    overlap_s = {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 90 * 86_400,
+        "description": "how long the replaced value stays good (default "
+        "`admin.secret_overlap_s`); 0 ends it and any earlier one at once",
+    }
     change = {
         "type": "object",
         "properties": {
@@ -158,6 +169,25 @@ def document() -> Schema:
             "url": {"type": "string"},
             "access_token": {"type": "string"},
             "signing_secret": {"type": ["string", "null"], "description": "null removes it"},
+            "overlap_s": overlap_s,
+        },
+    }
+    overlaps = {
+        "type": "object",
+        "required": ["overlaps"],
+        "properties": {
+            "overlaps": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["kind", "owner", "until"],
+                    "properties": {
+                        "kind": {"enum": ["admin", "webhook", "token", "signing"]},
+                        "owner": {"type": "string"},
+                        "until": {"type": "number", "description": "Unix seconds"},
+                    },
+                },
+            }
         },
     }
     paths: Schema = {
@@ -218,7 +248,8 @@ def document() -> Schema:
         "/v1/admin/integrations/{id}": {
             "get": _operation("One bot", {200: integration}, (*ADMIN_ERRORS, 404), params=("id",)),
             "patch": _operation(
-                "Change a bot's name, URL or access token (does not reactivate it)",
+                "Change a bot's name, URL, access token or signing secret (does not reactivate "
+                "it); a replaced secret stays good for the overlap",
                 {200: integration},
                 (*ADMIN_ERRORS, 400, 404, 413),
                 params=("id",),
@@ -237,6 +268,23 @@ def document() -> Schema:
                 {200: integration},
                 (*ADMIN_ERRORS, 404, 422),
                 params=("id",),
+            )
+        },
+        "/v1/admin/integrations/{id}/webhook_token": {
+            "post": _operation(
+                "A new webhook token (and webhook_url); the old one stays good for the overlap",
+                {200: integration},
+                (*ADMIN_ERRORS, 400, 404, 409),
+                params=("id",),
+                body={"type": "object", "properties": {"overlap_s": overlap_s}},
+                body_required=False,
+            )
+        },
+        "/v1/admin/secrets": {
+            "get": _operation(
+                "Which secrets are in overlap beside their successor, and until when",
+                {200: _json("never a value", overlaps)},
+                ADMIN_ERRORS,
             )
         },
         "/v1/admin/dead-letters/{id}/replay": {

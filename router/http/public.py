@@ -120,7 +120,8 @@ async def _signed(request: web.Request, source: str, source_id: str, secret: str
     so the call is answered as a duplicate, whatever has become of its conversation since."""
     router = request.app[ROUTER]
     raw = await request.read()  # what read_json already read: the bytes that were signed
-    key = f"webhook-id:{verify_caller(request, raw, secret, router.clock.now())}"
+    secrets = router.rotation.accepted("signing", f"{source}:{source_id}", secret)
+    key = f"webhook-id:{verify_caller(request, raw, secrets, router.clock.now())}"
     seen = await router.store.read(lambda conn: inbox_seen(conn, source, source_id, key))
     return None if seen else key
 
@@ -134,9 +135,12 @@ _NO_TOKEN = "\x00no such id\x00"  # compared like a real token, so the timing te
 async def channel_event(request: web.Request, tally: Tally) -> web.Response:
     router = request.app[ROUTER]
     asset = router.config.asset(request.match_info["asset_id"])
-    if not bearer_matches(request, asset.token if asset is not None else _NO_TOKEN) or (
-        asset is None
-    ):
+    expected = (
+        router.rotation.accepted("token", f"channel:{asset.id}", asset.token)
+        if asset is not None
+        else _NO_TOKEN
+    )
+    if not bearer_matches(request, expected) or asset is None:
         raise InputError(401, "unauthorized", CHANNEL_UNAUTHORIZED)
     tally.channel = asset.channel
     request.app[RATES].check("asset", asset.id)
@@ -156,7 +160,11 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
     router = request.app[ROUTER]
     integration_id = request.match_info["integration_id"]
     integration = router.integrations.items.get(integration_id)
-    expected = integration.webhook_token if integration is not None else _NO_TOKEN
+    expected = (
+        router.rotation.accepted("webhook", f"bot:{integration_id}", integration.webhook_token)
+        if integration is not None
+        else _NO_TOKEN
+    )
     if not token_matches(request.match_info["webhook_token"], expected) or integration is None:
         raise InputError(401, "unauthorized", WEBHOOK_UNAUTHORIZED)
     request.app[RATES].check("integration", integration_id)
@@ -191,7 +199,12 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
 async def ccsp_event(request: web.Request, tally: Tally) -> web.Response:
     router = request.app[ROUTER]
     ccsp_id = request.match_info["ccsp_id"]
-    expected = router.ccsp_tokens.get(ccsp_id, _NO_TOKEN)
+    token = router.ccsp_tokens.get(ccsp_id)
+    expected = (
+        router.rotation.accepted("webhook", f"ccsp:{ccsp_id}", token)
+        if token is not None
+        else _NO_TOKEN
+    )
     if not token_matches(request.match_info["webhook_token"], expected) or (
         router.config.ccsp(ccsp_id) is None
     ):

@@ -21,8 +21,9 @@ def _refused(message: str) -> InputError:
     return InputError(401, "invalid_signature", message)
 
 
-def verify_caller(request: web.Request, raw: bytes, secret: str, now: float) -> str:
-    """The call's `webhook-id` once its signature holds; a 401 that says why otherwise."""
+def verify_caller(request: web.Request, raw: bytes, secrets: tuple[str, ...], now: float) -> str:
+    """The call's `webhook-id` once its signature holds under one of `secrets` (the current
+    one, and any being replaced); a 401 that says why otherwise."""
     webhook_id = request.headers.get("webhook-id", "")
     stamp = request.headers.get("webhook-timestamp", "")
     given = request.headers.get("webhook-signature", "")
@@ -33,10 +34,14 @@ def verify_caller(request: web.Request, raw: bytes, secret: str, now: float) -> 
     if abs(now - int(stamp)) > TOLERANCE_S:
         raise _refused("webhook-timestamp is more than 5 minutes from the router's clock")
     try:
-        expected = webhook_headers(webhook_id, int(stamp), raw, secret)["webhook-signature"]
+        expected = [
+            webhook_headers(webhook_id, int(stamp), raw, secret)["webhook-signature"]
+            for secret in secrets
+        ]
     except UnicodeDecodeError:
         raise bad_request("the body is not UTF-8 text", "invalid_json") from None
-    # The header may carry several signatures (a secret being rotated): any one will do.
-    if not any(hmac.compare_digest(expected, one) for one in given.split()):
+    # The header may carry several signatures (the caller's secret being replaced): any one
+    # that matches any secret in force will do.
+    if not any(hmac.compare_digest(e, one) for e in expected for one in given.split()):
         raise _refused("the signature does not match")
     return webhook_id

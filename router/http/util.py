@@ -132,25 +132,35 @@ def _utf8(text: str) -> bytes | None:
         return None
 
 
-def bearer_matches(request: web.Request, expected: str) -> bool:
+# A secret, or while it is being replaced the values in force (see router.rotation).
+Expected = str | tuple[str, ...]
+
+
+def _matches(given: bytes, expected: Expected) -> bool:
+    """Compared with every candidate, in constant time each, without stopping at a match."""
+    candidates = (expected,) if isinstance(expected, str) else expected
+    return any([hmac.compare_digest(given, candidate.encode()) for candidate in candidates])
+
+
+def bearer_matches(request: web.Request, expected: Expected) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
     given = _utf8(token.strip())
-    return given is not None and hmac.compare_digest(given, expected.encode())
+    return given is not None and _matches(given, expected)
 
 
-def require_bearer(request: web.Request, expected: str) -> None:
+def require_bearer(request: web.Request, expected: Expected) -> None:
     if not bearer_matches(request, expected):
         raise InputError(401, "unauthorized", "a valid Authorization: Bearer token is required")
 
 
-def token_matches(given: str, expected: str | None) -> bool:
+def token_matches(given: str, expected: Expected | None) -> bool:
     if expected is None:
         return False
     encoded = _utf8(given)
-    return encoded is not None and hmac.compare_digest(encoded, expected.encode())
+    return encoded is not None and _matches(encoded, expected)
 
 
 def redact_path(path: str) -> str:

@@ -88,6 +88,8 @@ class IoEdge:
         self._timers_off = False
         self._slots: dict[str, asyncio.Semaphore] = {}
         self.id_prefix = ""  # the store's, set at start-up: see `webhook_id`
+        # Secrets being replaced, by (kind, destination key): the daemon's rotation answers.
+        self.retired: Callable[[str, str], tuple[str, ...]] = lambda kind, dest: ()
         # After a failed write: route nothing until the daemon's recovery (or a restart) has
         # made the actors match the disk again. Writes are numbered as actors make them; the
         # fence stands at the first that failed or was refused, so a write made before it
@@ -293,6 +295,7 @@ class IoEdge:
                     delivery.body,
                     webhook_id=self.webhook_id(delivery.delivery_id),
                     secret=attempt.signing_secret,
+                    dest=delivery.dest.key,
                 )
         except Exception as exc:  # whatever went wrong, the lane must hear back
             self.log.exception(
@@ -344,9 +347,12 @@ class IoEdge:
         *,
         webhook_id: str | None = None,
         secret: str | None = None,
+        dest: str | None = None,
     ) -> tuple[bool, str | None]:
         """POST JSON; success is a complete 2xx answer within the timeout."""
-        ok, error, _ = await self.exchange(url, token, body, webhook_id=webhook_id, secret=secret)
+        ok, error, _ = await self.exchange(
+            url, token, body, webhook_id=webhook_id, secret=secret, dest=dest
+        )
         return ok, error
 
     async def exchange(
@@ -357,19 +363,40 @@ class IoEdge:
         *,
         webhook_id: str | None = None,
         secret: str | None = None,
+        dest: str | None = None,
     ) -> tuple[bool, str | None, bytes]:
         """POST JSON and read the answer; the error, if any, is safe to store and log.
 
-        A redirect is a failed attempt: following it would send the message (and, for a 307,
-        the access token) somewhere nobody configured, or turn it into a GET.
+        While `dest`'s secrets are being replaced, the call carries a signature for each
+        signing secret in force, and a peer that refuses the bearer token (401, 403) is asked
+        again with each retired one: it may not have changed over yet.
+        """
+        data = orjson.dumps(body)  # the bytes sent are the bytes signed
+        secrets = (secret, *self.retired("signing", dest)) if dest else (secret,)
+        tokens = (token, *self.retired("token", dest)) if dest and token else (token,)
+        for token in tokens:
+            ok, error, payload = await self._exchange(url, token, data, webhook_id, secrets)
+            if ok or error not in _REFUSED_TOKEN:
+                break
+        return ok, error, payload
+
+    async def _exchange(
+        self,
+        url: str,
+        token: str | None,
+        data: bytes,
+        webhook_id: str | None,
+        secrets: tuple[str | None, ...],
+    ) -> tuple[bool, str | None, bytes]:
+        """One POST. A redirect is a failed attempt: following it would send the message
+        (and, for a 307, the access token) somewhere nobody configured, or turn it into a GET.
         """
         assert self.session is not None
-        data = orjson.dumps(body)  # the bytes sent are the bytes signed
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if webhook_id is not None:
-            headers |= webhook_headers(webhook_id, self.clock.now(), data, secret)
+            headers |= webhook_headers(webhook_id, self.clock.now(), data, *secrets)
         try:
             async with self.session.post(
                 url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
@@ -414,6 +441,7 @@ async def read_answer(response: aiohttp.ClientResponse, cap: int) -> bytes:
 # The errors `exchange` words itself; any other starts with an exception's type name, which
 # has no space in it, so the two prefixes tell the outcomes apart.
 _HTTP_STATUS = "HTTP "
+_REFUSED_TOKEN = frozenset({f"{_HTTP_STATUS}401", f"{_HTTP_STATUS}403"})
 _NO_ANSWER = "no answer within "
 _ASKED_TO_WAIT = ", retry after "
 _THROTTLED = re.compile(r"HTTP 429(?:, retry after ([0-9]+)s)?")

@@ -21,6 +21,7 @@ from router.io.records import (
     integration_rows,
     save_configured_integrations,
     save_signing_secret,
+    set_webhook_token,
     signing_secrets,
     update_integration,
 )
@@ -141,6 +142,17 @@ class Integrations:
             raise KeyError(item_id)  # deleted while this change was being written
         self.items[item_id] = updated
         return updated
+
+    async def new_webhook_token(self, item_id: str) -> Integration:
+        """A fresh webhook token, durable before it is used or shown."""
+        updated = replace(self.items[item_id], webhook_token=new_token())
+        written = await self.store.write(
+            lambda conn: set_webhook_token(conn, item_id, updated.webhook_token)
+        )
+        if not written or item_id not in self.items:
+            raise KeyError(item_id)  # deleted while the token was being written
+        self.items[item_id] = replace(self.items[item_id], webhook_token=updated.webhook_token)
+        return self.items[item_id]
 
     async def delete(self, item_id: str) -> None:
         await self.store.write(lambda conn: delete_integration(conn, item_id))

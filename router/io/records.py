@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from router.domain.model import Delivery, Destination
+from router.domain.rotation import Retired
 from router.domain.state import TRANSCRIPT_LENGTH, CcspSession, Conversation
 
 
@@ -466,6 +467,15 @@ def update_integration(
     )
 
 
+def set_webhook_token(conn: sqlite3.Connection, item_id: str, token: str) -> bool:
+    """False when it was deleted meanwhile."""
+    return bool(
+        conn.execute(
+            "UPDATE integrations SET webhook_token = ? WHERE id = ?", (token, item_id)
+        ).rowcount
+    )
+
+
 def delete_integration(conn: sqlite3.Connection, item_id: str) -> None:
     conn.execute("DELETE FROM integrations WHERE id = ?", (item_id,))
     save_signing_secret(conn, item_id, None)
@@ -515,4 +525,24 @@ def beat(conn: sqlite3.Connection, at: float) -> None:
     conn.execute(
         "INSERT INTO heartbeat VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
         (at,),
+    )
+
+
+# -- secrets in overlap ------------------------------------------------------------------
+
+
+def retired_secrets(conn: sqlite3.Connection, now: float) -> list[Retired]:
+    rows = conn.execute(
+        "SELECT kind, owner, value, until FROM retired_secrets WHERE until > ?", (now,)
+    ).fetchall()
+    return [Retired(r["kind"], r["owner"], r["value"], r["until"]) for r in rows]
+
+
+def save_retired_secrets(conn: sqlite3.Connection, rows: tuple[Retired, ...]) -> None:
+    """The whole set, replacing what was kept: it is a handful of rows, and expired ones
+    leave with it."""
+    conn.execute("DELETE FROM retired_secrets")
+    conn.executemany(
+        "INSERT INTO retired_secrets (kind, owner, value, until) VALUES (?, ?, ?, ?)",
+        [(r.kind, r.owner, r.value, r.until) for r in rows],
     )

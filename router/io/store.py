@@ -163,12 +163,22 @@ def _version_4(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX ccsp_sessions_conversation ON ccsp_sessions (conversation_id)")
 
 
+def _version_5(conn: sqlite3.Connection) -> None:
+    """Secrets being replaced, each good until its overlap ends: kept on disk so that a
+    restart within the overlap does not refuse a peer that has not changed over yet."""
+    conn.execute(
+        "CREATE TABLE retired_secrets (kind TEXT NOT NULL, owner TEXT NOT NULL, "
+        "value TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (kind, owner, value))"
+    )
+
+
 # Migration N brings a store from `PRAGMA user_version` N-1 to N. Append, never edit.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _version_1,
     _version_2,
     _version_3,
     _version_4,
+    _version_5,
 )
 
 

@@ -36,7 +36,7 @@ import pykka
 import structlog
 
 from actors.messages import EvictAll
-from router.io.clock import Timer
+from router.io.clock import ClockedTask
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -59,15 +59,13 @@ class StoreWatch:
         self.wait = PROBE_INTERVAL_S
         self.recoveries = 0
         self._last_recovery: float | None = None
-        self._timer: Timer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._checks = ClockedTask(router.clock, self._check, self._checked)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped = False
 
     @property
     def armed(self) -> bool:
         """A check is due or under way."""
-        return self._timer is not None or self._task is not None
+        return self._checks.busy
 
     @property
     def degraded(self) -> bool:
@@ -83,25 +81,17 @@ class StoreWatch:
             self.arm()
 
     async def stop(self) -> None:
-        self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._checks.stop()
 
     def _from_writer(self) -> None:
         loop = self._loop
-        if loop is not None and not self._stopped:
+        if loop is not None and not self._checks.stopped:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(self.arm)
 
     def arm(self) -> None:
         """Check again after the wait; called on the loop whenever something failed."""
-        if self._stopped or self._timer is not None or self._task is not None:
+        if self._checks.stopped or self._checks.busy:
             return
         if self.router.store.health.replaced is not None:
             return  # for good: see the module's docstring
@@ -111,18 +101,9 @@ class StoreWatch:
             self.wait = min(self.wait * 2, MAX_WAIT_S)  # it failed again soon after resuming
         elif self._last_recovery is not None:
             self.wait = PROBE_INTERVAL_S
-        self._timer = clock.call_at(now + self.wait, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._stopped:
-            return
-        self._task = asyncio.get_running_loop().create_task(self._check())
-        self._task.add_done_callback(self._checked)
+        self._checks.at(now + self.wait)
 
     def _checked(self, task: asyncio.Task[None]) -> None:
-        if self._task is task:
-            self._task = None
         if task.cancelled():
             return
         error = task.exception()

@@ -23,7 +23,7 @@ import pykka
 import structlog
 
 from actors.messages import Forget, Forgotten
-from router.io.clock import Timer
+from router.io.clock import ClockedTask
 from router.io.erasure import (
     Found,
     closed_before,
@@ -96,37 +96,18 @@ async def erase_customer(
 class RetentionSweep:
     def __init__(self, router: Router) -> None:
         self.router = router
-        self._timer: Timer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
+        self._sweeps = ClockedTask(router.clock, self._sweep_logged, lambda _: self._arm())
 
     def start(self) -> None:
         self._arm()
 
     async def stop(self) -> None:
-        self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._sweeps.stop()
 
     def _arm(self) -> None:
         store = self.router.config.store
-        if self._stopped or not (store.retention_days or store.dead_letter_retention_days):
-            return
-        clock = self.router.clock
-        self._timer = clock.call_at(clock.now() + SWEEP_EVERY_S, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._stopped:
-            return
-        self._task = asyncio.get_running_loop().create_task(self._sweep_logged())
-        self._task.add_done_callback(lambda _: self._arm())
+        if store.retention_days or store.dead_letter_retention_days:
+            self._sweeps.at(self.router.clock.now() + SWEEP_EVERY_S)
 
     async def _sweep_logged(self) -> None:
         try:
@@ -134,8 +115,6 @@ class RetentionSweep:
         except Exception as exc:  # the store failed meanwhile: the next sweep tries again
             _log.warning("retention_sweep_failed", error=f"{type(exc).__name__}: {exc}")
             return
-        finally:
-            self._task = None
         if counts:
             _log.info("retention_sweep", **counts)
 

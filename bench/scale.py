@@ -59,7 +59,7 @@ from router.domain.commands import RouteChannel
 from router.domain.events import CustomerEvent
 from router.domain.rules import route_channel_event
 from router.domain.state import conversation_key
-from router.io.edge import IoEdge
+from router.io.edge import Answer, IoEdge
 from router.io.effects import Attempt, Effect, Load, Persist
 from router.io.records import InboxDone
 
@@ -443,9 +443,7 @@ class TimedEdge(CountingEdge):
         if marks is not None and load.lookup == marks.lookup and marks.loaded is None:
             marks.loaded = time.perf_counter()
 
-    async def post(
-        self, url: str, token: str | None, body: Any, **headers: Any
-    ) -> tuple[bool, str | None]:
+    async def post(self, url: str, token: str | None, body: Any, **headers: Any) -> Answer:
         answer = await super().post(url, token, body, **headers)
         marks = self.watching
         if marks is not None and marks.answered is None and self._watched(marks, body):

@@ -13,9 +13,10 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 import structlog
+from yarl import URL
 
 from router.domain.endpoint_state import destination_states
-from router.domain.rotation import Overlaps, Slot, replaced
+from router.domain.rotation import ORIGIN, Overlaps, Slot, moved, replaced
 from router.io.health import WriteRefused
 from router.io.records import retired_secrets, save_retired_secrets
 
@@ -34,7 +35,8 @@ class SecretRotation:
     async def load(self) -> None:
         now = self.router.clock.now()
         self.overlaps = Overlaps(await self.router.store.read(lambda c: retired_secrets(c, now)))
-        self.overlaps.owners_gone(self.slots())  # owners the file lost while the daemon was down
+        if self.overlaps.owners_gone(self.slots()):  # owners the file lost while it was down
+            await self._save(now)  # or one added back later would inherit their old values
 
     def slots(self) -> dict[Slot, str | None]:
         """Every secret in use, by slot; None where an owner has none of that kind."""
@@ -45,12 +47,14 @@ class SecretRotation:
             found[("webhook", key)] = integration.webhook_token
             found[("token", key)] = integration.access_token
             found[("signing", key)] = integration.signing_secret
+            found[(ORIGIN, key)] = _origin(integration.url)
         for ccsp_id, token in router.ccsp_tokens.items():
             found[("webhook", f"ccsp:{ccsp_id}")] = token
         for state in destination_states(router.config):
             key = state.dest.key
             found[("token", key)] = state.access_token
             found[("signing", key)] = state.signing_secret
+            found[(ORIGIN, key)] = _origin(state.url)
         return found
 
     def accepted(self, kind: str, owner: str, current: str | None) -> tuple[str, ...]:
@@ -66,17 +70,34 @@ class SecretRotation:
         now = self.router.clock.now()
         overlap = self.router.config.secret_overlap_s if overlap_s is None else overlap_s
         after = self.slots()
-        for slot, old in before.items():
-            if slot in after and after[slot] != old and overlap <= 0:
-                self.overlaps.end(*slot, keep=after[slot])
+        ended = [
+            slot
+            for slot, old in before.items()
+            if slot in after and after[slot] != old and overlap <= 0 and slot[0] != ORIGIN
+        ]
+        ended += [("token", owner) for owner in moved(before, after)]
+        for kind, owner in ended:
+            if self.overlaps.values(kind, owner, now):
+                self.log.info("secret_overlap_ended", kind=kind, owner=owner)
+            self.overlaps.end(kind, owner, keep=after.get((kind, owner)))
         for row in replaced(before, after, now, overlap):
             self.overlaps.add(row)
             self.log.info("secret_retired", kind=row.kind, owner=row.owner, until=row.until)
         self.overlaps.owners_gone(after)
         self.overlaps.prune(now)
+        await self._save(now)
+
+    async def _save(self, now: float) -> None:
         rows = self.overlaps.rows(now)
         try:
             await self.router.store.write(lambda c: save_retired_secrets(c, rows))
         except (sqlite3.Error, WriteRefused) as exc:
             # The change itself stands; only a restart within the overlap would end it early.
             self.log.error("secret_overlaps_not_saved", error=str(exc))
+
+
+def _origin(url: str) -> str:
+    try:
+        return str(URL(url).origin())
+    except ValueError:
+        return url

@@ -60,13 +60,14 @@ class Gatekeeper(Peer):
     """A peer that refuses (401) any bearer token but those it was told to accept."""
 
     accepts: set[str] = field(default_factory=set)
+    refusal: int = 401
 
     async def handle(self, request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if given not in self.accepts:
             raw = await request.read()
             self.tried.append(Received(orjson.loads(raw), dict(request.headers), raw))
-            return web.json_response({"error": "unauthorized"}, status=401)
+            return web.json_response({"error": "unauthorized"}, status=self.refusal)
         return await super().handle(request)
 
 
@@ -91,6 +92,14 @@ async def start(
 ) -> Reloader:
     daemon = await start_router(config=raw, clock=clock)
     return Reloader(daemon, raw, tmp_path / "router.toml")
+
+
+async def managed(start_router: StartRouter, raw: dict[str, Any], clock: ManualClock) -> Daemon:
+    """The file's bot as the admin API manages it: started from the file once, then from a
+    file without it (its rules still name it), so that its secrets change over the API."""
+    first = await start_router(config=raw, clock=clock)
+    await first.router.stop()
+    return await start_router(config={**raw, "integrations": []}, clock=clock)
 
 
 async def conversation(daemon: Daemon, bot: Peer, message_id: str = "m1") -> str:
@@ -174,7 +183,7 @@ async def test_a_bots_new_access_token_falls_back_to_the_old_one_while_the_bot_h
     bot = await gatekeeper(aiohttp_server, {"bot-secret"})
     raw = config(peers, tmp_path / "r.db")
     raw["integrations"][0]["url"] = bot.url
-    daemon = (await start(start_router, raw, tmp_path, clock)).daemon
+    daemon = await managed(start_router, raw, clock)
     status, _ = await daemon.admin(
         "PATCH", "/v1/admin/integrations/support-bot", {"access_token": "bot-secret-2"}
     )
@@ -220,9 +229,17 @@ async def test_a_bots_new_signing_secret_signs_beside_the_old_one_for_the_overla
     clock = ManualClock(time.time())  # the reference verifier checks the real time
     raw = config(peers, tmp_path / "r.db")
     raw["integrations"][0] |= {"signing_secret": OLD, "signed_calls": True}
-    daemon = (await start(start_router, raw, tmp_path, clock)).daemon
-    patch = {"signing_secret": NEW}
-    assert (await daemon.admin("PATCH", "/v1/admin/integrations/support-bot", patch))[0] == 200
+    daemon = await start_router(config=raw, clock=clock)  # signed_calls is the file's
+    assert (await daemon.admin("PATCH", "/v1/admin/integrations/support-bot", {}))[0] == 400
+    conflict = await daemon.admin(
+        "PATCH", "/v1/admin/integrations/support-bot", {"signing_secret": NEW}
+    )
+    assert (conflict[0], conflict[1]["error"]) == (409, "defined_in_config")
+    # Changed in the file and reloaded instead.
+    reloader = Reloader(daemon, raw, tmp_path / "router.toml")
+    raw = reloader.edited()
+    raw["integrations"][0]["signing_secret"] = NEW
+    await reloader.applied(raw)
     cid = await conversation(daemon, peers.bot)
     [delivered] = peers.bot.received
     assert len(delivered.headers["webhook-signature"].split()) == 2
@@ -332,3 +349,74 @@ async def _post(daemon: Daemon, url: str, body: Any) -> tuple[int, Any]:
 def test_the_overlap_in_the_file_is_checked(peers: Peers, tmp_path: Path, overlap: int) -> None:
     with pytest.raises(ConfigError, match=r"admin\.secret_overlap_s"):
         parse_config(config(peers, tmp_path / "r.db", secret_overlap_s=overlap), "t.toml")
+
+
+async def test_a_peer_that_refuses_both_tokens_costs_one_failed_attempt_and_a_move_ends_the_overlap(
+    start_router: StartRouter, peers: Peers, tmp_path: Path, aiohttp_server: Serve
+) -> None:
+    clock = ManualClock()
+    bot = await gatekeeper(aiohttp_server, set())
+    bot.refusal = 403
+    raw = config(peers, tmp_path / "r.db")
+    raw["integrations"][0]["url"] = bot.url
+    daemon = await managed(start_router, raw, clock)
+    change = {"access_token": "bot-secret-2"}
+    assert (await daemon.admin("PATCH", "/v1/admin/integrations/support-bot", change))[0] == 200
+    await daemon.customer("hi", "m1")
+    await daemon.until(_attempted(bot, 2))
+    assert [t.headers["Authorization"] for t in bot.tried] == [
+        "Bearer bot-secret-2",
+        "Bearer bot-secret",
+    ]
+
+    async def failed_once() -> bool:
+        _, view = await daemon.admin("GET", "/v1/admin/integrations/support-bot")
+        return bool(view["consecutive_failures"] == 1)
+
+    await daemon.until(failed_once)
+    # A new URL and token together: the old token is never presented at the new place.
+    elsewhere = await gatekeeper(aiohttp_server, {"bot-secret-2"})
+    change = {"url": elsewhere.url, "access_token": "bot-secret-3"}
+    assert (await daemon.admin("PATCH", "/v1/admin/integrations/support-bot", change))[0] == 200
+    _, listed = await daemon.admin("GET", "/v1/admin/secrets")
+    assert not [o for o in listed["overlaps"] if o["kind"] == "token"]
+    clock.advance(60)  # the retry
+    await daemon.until(_attempted(elsewhere, 1))
+    assert [t.headers["Authorization"] for t in elsewhere.tried] == ["Bearer bot-secret-3"]
+
+
+async def test_a_ccsps_access_token_and_signing_secret_rotate_by_reload(
+    start_router: StartRouter, peers: Peers, tmp_path: Path, aiohttp_server: Serve
+) -> None:
+    clock = ManualClock(time.time())  # the reference verifier checks the real time
+    ccsp = await gatekeeper(aiohttp_server, {"ccsp-secret"})
+    raw = config(peers, tmp_path / "r.db")
+    raw["ccsp"][0] |= {"url": ccsp.url, "signing_secret": OLD}
+    reloader = await start(start_router, raw, tmp_path, clock)
+    daemon = reloader.daemon
+    unrelated = reloader.edited()
+    unrelated["limits"] = {"asset_rate_per_s": 50}
+    await reloader.applied(unrelated)
+    assert (await daemon.admin("GET", "/v1/admin/secrets"))[1] == {"overlaps": []}
+    raw = reloader.edited()
+    raw["ccsp"][0] |= {"access_token": "ccsp-secret-2", "signing_secret": NEW}
+    await reloader.applied(raw)
+    cid = await conversation(daemon, peers.bot)
+    assert (await daemon.bot({"Event": "Handover", "conversation_id": cid}))[0] == 202
+    [handover] = await ccsp.wait_for(1)
+    assert handover["Event"] == "Handover"
+    assert [t.headers["Authorization"] for t in ccsp.tried] == [
+        "Bearer ccsp-secret-2",
+        "Bearer ccsp-secret",
+    ]
+    assert _verifies(OLD, ccsp.received[0]) and _verifies(NEW, ccsp.received[0])
+    # The same secrets again with no overlap: the old ones end at once.
+    raw = reloader.edited()
+    raw["admin"]["secret_overlap_s"] = 0
+    raw["ccsp"][0]["access_token"] = "ccsp-secret-3"
+    applied, events = await reloader.reload(raw)
+    assert applied
+    ended = {(e["kind"], e["owner"]) for e in events if e["event"] == "secret_overlap_ended"}
+    assert ended == {("token", "ccsp:agents")}
+    _, listed = await daemon.admin("GET", "/v1/admin/secrets")
+    assert [(o["kind"], o["owner"]) for o in listed["overlaps"]] == [("signing", "ccsp:agents")]

@@ -24,6 +24,10 @@ from dataclasses import dataclass
 
 Slot = tuple[str, str]
 
+# Not a secret: where a destination's token is presented (scheme, host and port). A retired
+# token is never presented somewhere new, so a move ends its overlap.
+ORIGIN = "origin"
+
 
 @dataclass(frozen=True, slots=True)
 class Retired:
@@ -49,11 +53,25 @@ def replaced(
     checks signatures is not refused before it has been told."""
     if overlap_s <= 0:
         return ()
+    gone = moved(before, after)
     return tuple(
         Retired(kind, owner, old, now + overlap_s)
         for (kind, owner), old in before.items()
-        if old and (kind, owner) in after and after[(kind, owner)] != old
+        if old
+        and kind != ORIGIN
+        and not (kind == "token" and owner in gone)
+        and (kind, owner) in after
+        and after[(kind, owner)] != old
     )
+
+
+def moved(before: Mapping[Slot, str | None], after: Mapping[Slot, str | None]) -> set[str]:
+    """The destinations whose origin changed: their retired tokens must not follow them."""
+    return {
+        owner
+        for (kind, owner), where in before.items()
+        if kind == ORIGIN and (kind, owner) in after and after[(kind, owner)] != where
+    }
 
 
 class Overlaps:

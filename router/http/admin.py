@@ -194,13 +194,23 @@ async def patch_integration(request: web.Request) -> web.Response:
     integration = _integration(router, request)
     body = await read_json(request)
     fields, overlap = _fields(body, required=False), overlap_from(body)
-    before = router.rotation.slots()
-    try:
-        integration = await router.integrations.update(integration.id, fields)
-    except KeyError:
-        raise _unknown(integration.id) from None
-    router.reconfigure_endpoint(integration)
-    await router.rotation.changed(before, overlap)  # a replaced secret stays good a while
+    secrets_set = [key for key in ("access_token", "signing_secret") if key in fields]
+    if integration.origin == "config" and secrets_set:
+        # A reload or restart would put the file's value back, and the new one out of use.
+        raise InputError(
+            409,
+            "defined_in_config",
+            f"{integration.id!r} has its {secrets_set[0]} in {router.config.source}; "
+            "change it there and reload",
+        )
+    async with router.reloading:  # no reload lands between the secrets before and after
+        before = router.rotation.slots()
+        try:
+            integration = await router.integrations.update(integration.id, fields)
+        except KeyError:
+            raise _unknown(integration.id) from None
+        router.reconfigure_endpoint(integration)
+        await router.rotation.changed(before, overlap)  # a replaced secret stays good a while
     return json_response(await _view(router, integration))
 
 
@@ -218,10 +228,11 @@ async def delete_integration(request: web.Request) -> web.Response:
     owed = await router.store.read(lambda c: owed_to_bot(c, integration.id))
     if owed:
         raise InputError(409, "deliveries_pending", f"{owed} deliveries are still owed to it")
-    before = router.rotation.slots()
-    await router.integrations.delete(integration.id)
-    router.remove_endpoint(integration.id)
-    await router.rotation.changed(before)  # its old secrets must not outlive it
+    async with router.reloading:
+        before = router.rotation.slots()
+        await router.integrations.delete(integration.id)
+        router.remove_endpoint(integration.id)
+        await router.rotation.changed(before)  # its old secrets must not outlive it
     return web.Response(status=204)
 
 
@@ -243,7 +254,7 @@ async def verify_integration(request: web.Request) -> web.Response:
     router = _admin(request)
     integration = _integration(router, request)
     challenge = secrets.token_urlsafe(18)
-    ok, error, payload = await router.edge.exchange(
+    answer = await router.edge.exchange(
         integration.url,
         integration.access_token,
         {"Event": "Verify", "challenge": challenge},
@@ -251,12 +262,13 @@ async def verify_integration(request: web.Request) -> web.Response:
         secret=integration.signing_secret,
         dest=f"bot:{integration.id}",
     )
+    ok, error = answer.ok, answer.error
     if ok:
         try:
-            answer = orjson.loads(payload)
+            echoed = orjson.loads(answer.payload)
         except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict) or answer.get("challenge") != challenge:
+            echoed = None
+        if not isinstance(echoed, dict) or echoed.get("challenge") != challenge:
             ok, error = False, "the answer did not carry the challenge that was sent"
     if not ok:
         raise InputError(422, "verification_failed", f"webhook verification failed: {error}")

@@ -51,9 +51,10 @@ async def replace_webhook_token(
             f"{integration.id!r} has its webhook_token in {router.config.source}; "
             "change it there and reload",
         )
-    before = router.rotation.slots()
-    updated = await router.integrations.new_webhook_token(integration.id)  # KeyError: deleted
-    await router.rotation.changed(before, overlap)
+    async with router.reloading:  # one change of secrets at a time, reloads included
+        before = router.rotation.slots()
+        updated = await router.integrations.new_webhook_token(integration.id)  # KeyError: gone
+        await router.rotation.changed(before, overlap)
     health = await router.integrations.health()
     return json_response(router.integration_view(updated, health.get(updated.id, {})))
 

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiohttp
@@ -56,6 +56,22 @@ MAX_ANSWER_BYTES = 64 * 1024
 
 # How an attempt ended, as counted: a 2xx, another status, no answer in time, anything else.
 Outcome = Literal["ok", "http_error", "timeout", "error"]
+
+
+class Answer(NamedTuple):
+    """How a call went. `error` is safe to store and log; `status` is the peer's, when it
+    answered at all; `wait` is what a 429 asked for, in whole seconds."""
+
+    ok: bool
+    error: str | None
+    outcome: Outcome
+    payload: bytes = b""
+    status: int | None = None
+    wait: float | None = None
+
+    @property
+    def throttled(self) -> bool:
+        return self.status == 429
 
 
 class StoreFenced(WriteRefused):
@@ -289,7 +305,7 @@ class IoEdge:
         try:
             async with slots:
                 started = time.perf_counter()  # the attempt leaves now, not while it waited
-                ok, error = await self.post(
+                answer = await self.post(
                     attempt.url,
                     attempt.access_token,
                     delivery.body,
@@ -306,8 +322,9 @@ class IoEdge:
                 delivery_id=delivery.delivery_id,
                 dest=delivery.dest.key,
             )
-            ok, error = False, _safe_error(exc, attempt.url, attempt.access_token)
-        kind, outcome = delivery.dest.kind, _outcome(ok, error)
+            answer = Answer(False, _safe_error(exc, attempt.url, attempt.access_token), "error")
+        ok, error, outcome, wait = answer.ok, answer.error, answer.outcome, answer.wait
+        kind = delivery.dest.kind
         self.metrics.attempts(kind, outcome).inc()
         self.metrics.attempt_seconds(kind, outcome).observe(time.perf_counter() - started)
         if not ok:
@@ -320,19 +337,18 @@ class IoEdge:
                 dest=delivery.dest.key,
                 error=error,
             )
-        throttled, wait = throttle(error)
         try:
             attempt.reply_to.tell(
-                AttemptResult(delivery, attempt.conversation, ok, error, throttled, wait)
+                AttemptResult(delivery, attempt.conversation, ok, error, answer.throttled, wait)
             )
         except pykka.ActorDeadError:
             # Its endpoint stopped (a reload removed the destination): the lane must hear back
             # all the same, or it would wait for this answer forever.
-            answer = DeliveryOutcome(
+            told = DeliveryOutcome(
                 delivery.delivery_id, delivery.dest.key, ok, True, error, False, wait
             )
             with contextlib.suppress(pykka.ActorDeadError):
-                attempt.conversation.tell(answer)
+                attempt.conversation.tell(told)
 
     def webhook_id(self, delivery_id: int) -> str:
         """A delivery's `webhook-id`: the same on every retry, replay and release, and, with
@@ -348,12 +364,11 @@ class IoEdge:
         webhook_id: str | None = None,
         secret: str | None = None,
         dest: str | None = None,
-    ) -> tuple[bool, str | None]:
-        """POST JSON; success is a complete 2xx answer within the timeout."""
-        ok, error, _ = await self.exchange(
+    ) -> Answer:
+        """POST a delivery's JSON; success is a complete 2xx answer within the timeout."""
+        return await self.exchange(
             url, token, body, webhook_id=webhook_id, secret=secret, dest=dest
         )
-        return ok, error
 
     async def exchange(
         self,
@@ -364,21 +379,25 @@ class IoEdge:
         webhook_id: str | None = None,
         secret: str | None = None,
         dest: str | None = None,
-    ) -> tuple[bool, str | None, bytes]:
-        """POST JSON and read the answer; the error, if any, is safe to store and log.
+    ) -> Answer:
+        """POST JSON and read the answer.
 
         While `dest`'s secrets are being replaced, the call carries a signature for each
         signing secret in force, and a peer that refuses the bearer token (401, 403) is asked
         again with each retired one: it may not have changed over yet.
         """
         data = orjson.dumps(body)  # the bytes sent are the bytes signed
-        secrets = (secret, *self.retired("signing", dest)) if dest else (secret,)
-        tokens = (token, *self.retired("token", dest)) if dest and token else (token,)
+        # Each value once: an attempt made before a change back to an earlier value would
+        # otherwise present it twice.
+        retired_secrets = self.retired("signing", dest) if dest else ()
+        retired_tokens = self.retired("token", dest) if dest and token else ()
+        secrets = tuple(dict.fromkeys((secret, *retired_secrets)))
+        tokens = tuple(dict.fromkeys((token, *retired_tokens)))
         for token in tokens:
-            ok, error, payload = await self._exchange(url, token, data, webhook_id, secrets)
-            if ok or error not in _REFUSED_TOKEN:
+            answer = await self._exchange(url, token, data, webhook_id, secrets)
+            if answer.status not in (401, 403):
                 break
-        return ok, error, payload
+        return answer
 
     async def _exchange(
         self,
@@ -387,7 +406,7 @@ class IoEdge:
         data: bytes,
         webhook_id: str | None,
         secrets: tuple[str | None, ...],
-    ) -> tuple[bool, str | None, bytes]:
+    ) -> Answer:
         """One POST. A redirect is a failed attempt: following it would send the message
         (and, for a 307, the access token) somewhere nobody configured, or turn it into a GET.
         """
@@ -402,20 +421,24 @@ class IoEdge:
                 url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
                 payload = await read_answer(response, self.max_answer_bytes)
-                if 200 <= response.status < 300:
-                    return True, None, payload
-                if response.status == 429:
-                    wait = retry_after(response.headers.get("Retry-After"), self.clock.now())
-                    asked = "" if wait is None else f"{_ASKED_TO_WAIT}{math.ceil(wait)}s"
-                    return False, f"{_HTTP_STATUS}429{asked}", payload
-                return False, f"{_HTTP_STATUS}{response.status}", payload
+                status = response.status
+                if 200 <= status < 300:
+                    return Answer(True, None, "ok", payload, status)
+                if status == 429:
+                    asked = retry_after(response.headers.get("Retry-After"), self.clock.now())
+                    if asked is None:
+                        return Answer(False, "HTTP 429", "http_error", payload, status)
+                    wait = float(math.ceil(asked))
+                    error = f"HTTP 429, retry after {wait:.0f}s"
+                    return Answer(False, error, "http_error", payload, status, wait)
+                return Answer(False, f"HTTP {status}", "http_error", payload, status)
         except AnswerTooLarge as exc:
-            return False, str(exc), b""
+            return Answer(False, str(exc), "error")
         except TimeoutError:
-            return False, f"{_NO_ANSWER}{self.timeout.total}s", b""
+            return Answer(False, f"no answer within {self.timeout.total}s", "timeout")
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             # ValueError: aiohttp refuses a header or URL it cannot send.
-            return False, _safe_error(exc, url, token), b""
+            return Answer(False, _safe_error(exc, url, token), "error")
 
 
 class AnswerTooLarge(Exception):
@@ -438,23 +461,6 @@ async def read_answer(response: aiohttp.ClientResponse, cap: int) -> bytes:
     return bytes(body)
 
 
-# The errors `exchange` words itself; any other starts with an exception's type name, which
-# has no space in it, so the two prefixes tell the outcomes apart.
-_HTTP_STATUS = "HTTP "
-_REFUSED_TOKEN = frozenset({f"{_HTTP_STATUS}401", f"{_HTTP_STATUS}403"})
-_NO_ANSWER = "no answer within "
-_ASKED_TO_WAIT = ", retry after "
-_THROTTLED = re.compile(r"HTTP 429(?:, retry after ([0-9]+)s)?")
-
-
-def throttle(error: str | None) -> tuple[bool, float | None]:
-    """Whether an attempt's error is a 429, and the wait it asked for."""
-    found = _THROTTLED.fullmatch(error or "")
-    if found is None:
-        return False, None
-    return True, float(found.group(1)) if found.group(1) else None
-
-
 def retry_after(value: str | None, now: float) -> float | None:
     """`Retry-After` as seconds from now: a number of seconds or an HTTP date."""
     if value is None:
@@ -469,16 +475,6 @@ def retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - now)
-
-
-def _outcome(ok: bool, error: str | None) -> Outcome:
-    if ok:
-        return "ok"
-    if error is not None and error.startswith(_HTTP_STATUS):
-        return "http_error"
-    if error is not None and error.startswith(_NO_ANSWER):
-        return "timeout"
-    return "error"
 
 
 # A URL in free text: scheme, then everything up to whitespace or a quote.

@@ -23,6 +23,7 @@ from tests.clock import ManualClock
 from tests.conftest import ADMIN, ASSET_TOKEN, Daemon, Peers, StartRouter, base_config
 from tests.peers import Peer, Received
 from tests.test_reload import Reloader
+from tests.test_signed_callers import signed
 
 OLD = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 NEW = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXkgb2YgMzIgYnk="
@@ -261,17 +262,8 @@ async def test_a_bots_new_signing_secret_signs_beside_the_old_one_for_the_overla
 async def _signed_call(
     daemon: Daemon, clock: ManualClock, secret: str, cid: str, webhook_id: str
 ) -> int:
-    raw = orjson.dumps({"Event": "Custom Event", "conversation_id": cid})
-    stamp = int(clock.now())
-    signature = Webhook(secret).sign(
-        webhook_id, datetime.fromtimestamp(stamp, tz=UTC), raw.decode()
-    )
-    headers = {
-        "webhook-id": webhook_id,
-        "webhook-timestamp": str(stamp),
-        "webhook-signature": signature,
-        "Content-Type": "application/json",
-    }
+    body = {"Event": "Custom Event", "conversation_id": cid}
+    raw, headers = signed(body, webhook_id, at=clock.now(), secret=secret)
     url = f"{daemon.public}/v1/bots/support-bot/bot-hook"
     async with daemon.session.post(url, data=raw, headers=headers) as answer:
         return answer.status

@@ -19,11 +19,11 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def signed(
-    body: dict[str, Any], webhook_id: str, *, at: float | None = None
+    body: dict[str, Any], webhook_id: str, *, at: float | None = None, secret: str = SECRET
 ) -> tuple[bytes, dict[str, str]]:
     raw = orjson.dumps(body)
     seconds = int(time.time() if at is None else at)
-    signature = Webhook(SECRET).sign(
+    signature = Webhook(secret).sign(
         webhook_id, datetime.fromtimestamp(seconds, tz=UTC), raw.decode()
     )
     headers = {

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from router.config.secrets import signing_secret_problem
 from router.config.shapes import (
+    MAX_SECRET_OVERLAP_S,
     CcspConfig,
     Config,
     ConversationsConfig,
@@ -147,7 +148,9 @@ class DebugTable(Table):
 
 class AdminTable(Table):
     token: Text
-    secret_overlap_s: Annotated[float, Field(ge=0, le=90 * 86_400)] = Config.secret_overlap_s
+    secret_overlap_s: Annotated[float, Field(ge=0, le=MAX_SECRET_OVERLAP_S)] = (
+        Config.secret_overlap_s
+    )
 
 
 Days = Annotated[float, Field(ge=0, le=36_500)]  # 0: kept forever

@@ -162,6 +162,10 @@ class ServiceConfig:
     rules: tuple[RuleConfig, ...] = ()
 
 
+# The longest overlap a replaced secret may get, from the file or an admin call.
+MAX_SECRET_OVERLAP_S = 90 * 86_400
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)

@@ -240,9 +240,10 @@ async def new_webhook_token(request: web.Request) -> web.Response:
     router = _admin(request)
     integration = _integration(router, request)
     try:
-        return await replace_webhook_token(request, router, integration)
+        updated = await replace_webhook_token(request, router, integration)
     except KeyError:
         raise _unknown(integration.id) from None
+    return json_response(await _view(router, updated))
 
 
 async def list_secrets(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from router.config.shapes import MAX_SECRET_OVERLAP_S
 from router.http.customer_admin import ERASED
 
 JSON = "application/json"
@@ -158,7 +159,7 @@ def document() -> Schema:
     overlap_s = {
         "type": "number",
         "minimum": 0,
-        "maximum": 90 * 86_400,
+        "maximum": MAX_SECRET_OVERLAP_S,
         "description": "how long the replaced value stays good (default "
         "`admin.secret_overlap_s`); 0 ends it and any earlier one at once",
     }

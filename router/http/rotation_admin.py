@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from router.config.shapes import MAX_SECRET_OVERLAP_S
 from router.http.inbound import InputError, bad_request
 from router.http.util import json_response, read_json
 
 if TYPE_CHECKING:
     from router.daemon import Router
     from router.io.integrations import Integration
-
-MAX_OVERLAP_S = 90 * 86_400  # as `admin.secret_overlap_s` allows
 
 
 def overlap_from(body: Any) -> float | None:
@@ -28,17 +27,17 @@ def overlap_from(body: Any) -> float | None:
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not 0 <= value <= MAX_OVERLAP_S
+        or not 0 <= value <= MAX_SECRET_OVERLAP_S
     ):
-        raise bad_request(f"overlap_s must be a number of seconds from 0 to {MAX_OVERLAP_S}")
+        raise bad_request(f"overlap_s must be a number of seconds from 0 to {MAX_SECRET_OVERLAP_S}")
     return float(value)
 
 
 async def replace_webhook_token(
     request: web.Request, router: Router, integration: Integration
-) -> web.Response:
-    """`POST /v1/admin/integrations/{id}/webhook_token`: the answer carries the new
-    `webhook_url`; the old one keeps working for the overlap."""
+) -> Integration:
+    """`POST /v1/admin/integrations/{id}/webhook_token`: the bot with its new token, whose
+    URL the answer shows; the old one keeps working for the overlap. KeyError: deleted."""
     body = await read_json(request) if request.can_read_body else {}
     if not isinstance(body, dict) or set(body) - {"overlap_s"}:
         raise bad_request('the body must be empty or {"overlap_s": seconds}')
@@ -55,8 +54,7 @@ async def replace_webhook_token(
         before = router.rotation.slots()
         updated = await router.integrations.new_webhook_token(integration.id)  # KeyError: gone
         await router.rotation.changed(before, overlap)
-    health = await router.integrations.health()
-    return json_response(router.integration_view(updated, health.get(updated.id, {})))
+    return updated
 
 
 def secrets_view(router: Router) -> web.Response:

@@ -170,6 +170,7 @@ class Router:
         if "edge" in started:
             await self.edge.stop()
         if "store" in started:
+            await self.store.drain()
             await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     def start_store(self) -> None:

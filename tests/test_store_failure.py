@@ -143,7 +143,7 @@ async def test_a_locked_store_answers_503_counts_each_failure_and_resumes(
 ) -> None:
     clock = ManualClock()
     daemon = await start_router(clock=clock)
-    await daemon.router.store.write(lambda c: c.execute("PRAGMA busy_timeout = 50"))
+    daemon.router.store.busy_timeout_s = 0.05
     holder = db(tmp_path / DB)
     holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:

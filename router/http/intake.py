@@ -54,7 +54,8 @@ class Intake:
 
     async def finish(self, inbox_id: int, status: str) -> None:
         """Record a stored event that will not reach a conversation (unrouted, rejected)."""
-        await self.store.write(lambda conn: apply_writes(conn, (InboxDone(inbox_id, status),)))
+        write = InboxDone(inbox_id, status)
+        await self.store.write(lambda conn: apply_writes(conn, (write,)), quick=True)
 
     async def route_channel(self, asset: AssetConfig, event: ChannelInput, inbox_id: int) -> bool:
         """False when no rule of the asset's service takes the event; it is kept as unrouted."""

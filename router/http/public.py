@@ -109,7 +109,7 @@ async def _store(
     now = router.clock.now()
     try:
         return await router.store.write(
-            lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now)
+            lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now), quick=True
         )
     except sqlite3.Error as exc:
         raise unavailable(exc) from None

@@ -166,7 +166,7 @@ class IoEdge:
             return
         match effect:
             case Persist(writes=writes, then=then):
-                future = self.store.write(self._fenced_write(writes))
+                future = self.store.write(self._fenced_write(writes), quick=True)
                 # A callback, not a task: the futures of one commit settle in the order they
                 # were written, so what follows from each step also runs in that order.
                 future.add_done_callback(lambda done: self._after(done, then))
@@ -198,8 +198,9 @@ class IoEdge:
         self._timers_off = False
 
     def _fenced_write(self, writes: tuple[Write, ...]) -> Callable[[sqlite3.Connection], None]:
-        """Runs on the writer thread, so a failure fences every step written after it, and a
-        step refused while the store fails fences those after it before they are tried."""
+        """Runs inside the group commit, in the order the steps were written, so a failure
+        fences every step written after it, and a step refused while the store fails fences
+        those after it before they are tried."""
 
         self._writes_made += 1
         number = self._writes_made

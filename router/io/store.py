@@ -1,9 +1,13 @@
 """The SQLite store (WAL): everything the router accepted, on disk before it is acknowledged.
 
-Writes go through one writer thread that commits whatever has queued up as one transaction
-(group commit), each caller's work inside its own savepoint so that one bad write fails
-alone. Reads use a second connection on a second thread; WAL lets them see every commit
-without waiting for the writer.
+Writes are committed in groups: whatever has queued up while the last commit was on its way
+to disk is one transaction. A group of quick writes (the statements of one message's path:
+a few rows each) runs its statements on the loop, where they cost microseconds, and hands
+only the COMMIT and its fsync to the writer thread; any other group runs on that thread
+whole. The two never overlap: the next group starts once the last has committed. If one
+caller's work raises, the group is committed again on the thread, each work inside its own
+savepoint, so that one bad write fails alone. Reads use a second connection on a second
+thread; WAL lets them see every commit without waiting for the writer.
 
 Every failed write is counted in `health`; one the store is to blame for (full disk, I/O
 error, read-only or locked file, or the file deleted or replaced, checked before each
@@ -18,6 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +38,10 @@ from router.io.records import beat
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
+Batch = list[tuple[Work, "asyncio.Future[Any]"]]
 GROUP_LIMIT = 512
+# How long a group waits for a write lock another process holds before it fails as locked.
+BUSY_TIMEOUT_S = 10.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -220,7 +228,15 @@ class Store:
         self.path = path
         self.metrics = metrics
         self.now = now
-        self._queue: queue.Queue[tuple[Work, asyncio.Future[Any]] | None] = queue.Queue()
+        self.busy_timeout_s = BUSY_TIMEOUT_S
+        # Owned by the loop: writes waiting for the next group, and whether a group is on
+        # its way to disk (the write connection is the writer thread's until it lands).
+        self._pending: deque[tuple[Work, asyncio.Future[Any], bool]] = deque()
+        self._busy = False
+        self._flush_handle: asyncio.Handle | None = None
+        self._drained: list[asyncio.Future[None]] = []
+        self._conn: sqlite3.Connection | None = None
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         self._read_conn: sqlite3.Connection | None = None
@@ -240,17 +256,34 @@ class Store:
         conn = connect(self.path)
         self.identity = FileIdentity.of(self.path)
         migrate(conn)
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(conn,), name="store-write", daemon=True
-        )
+        # A lock held by another process must never stall the loop: the loop's BEGIN fails
+        # at once, and the group waits for the lock on the writer thread instead.
+        conn.execute("PRAGMA busy_timeout=0")
+        self._conn = conn
+        self._writer = threading.Thread(target=self._write_loop, name="store-write", daemon=True)
         self._writer.start()
         self._read_conn = connect(self.path)
 
-    def write(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queue `work` for the next group commit; the future resolves once it is durable."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put((work, future))
+    def write(
+        self, work: Callable[[sqlite3.Connection], T], *, quick: bool = False
+    ) -> asyncio.Future[T]:
+        """Queue `work` for the next group commit; the future resolves once it is durable.
+
+        `quick` work writes a few rows by key and nothing else: it may run on the loop.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((work, future, quick))
+        if not self._busy and self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
         return future
+
+    async def drain(self) -> None:
+        """Until every write made so far has committed (or failed)."""
+        if self._busy or self._pending:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drained.append(waiter)
+            await waiter
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         assert self._read_conn is not None, "store is not open"
@@ -293,10 +326,14 @@ class Store:
         return problem
 
     def close(self) -> None:
+        """After `drain`: a write made later fails as made on a closed store."""
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
             self._writer = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self._reader.shutdown(wait=True)
         if self._read_conn is not None:
             self._read_conn.close()
@@ -308,33 +345,97 @@ class Store:
             self._aside_conn.close()
             self._aside_conn = None
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                batch = [item]
-                stop = False
-                while len(batch) < GROUP_LIMIT:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    batch.append(more)
-                self._commit(conn, batch)
-                if stop:
-                    return
-        finally:
-            conn.close()
+    # -- the group commit: the loop's side -------------------------------------------------
 
-    def _commit(
-        self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
-    ) -> None:
+    def _flush(self) -> None:
+        """Start the next group: its statements here when every work in it is quick, the
+        COMMIT (or the whole group) on the writer thread."""
+        self._flush_handle = None
+        if self._busy or not self._pending:
+            return
+        if self._conn is None:  # closed: nothing will commit these any more
+            while self._pending:
+                _, future, _ = self._pending.popleft()
+                if not future.done():
+                    future.set_exception(sqlite3.ProgrammingError("the store is closed"))
+            self._wake_drained()
+            return
+        size = min(len(self._pending), GROUP_LIMIT)
+        taken = [self._pending.popleft() for _ in range(size)]
+        batch: Batch = [(work, future) for work, future, _ in taken]
+        self._busy = True
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        if all(quick for _, _, quick in taken):
+            outcomes = self._statements(self._conn, batch)
+            if outcomes is not None:
+                self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop))
+                return
+        self._queue.put(lambda: self._commit(batch, started, loop))
+
+    def _statements(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | None:
+        """The group's statements, inside its transaction; None when anything goes other
+        than plainly (a lock held elsewhere, a work that raises), for the writer thread to
+        do the group again the careful way."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return None
+        outcomes: list[Outcome] = []
+        for work, future in batch:
+            try:
+                outcomes.append((future, work(conn), None))
+            except Exception:
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                return None
+        return outcomes
+
+    def _committed(self, outcomes: list[Outcome]) -> None:
+        _settle_all(outcomes)
+        self._busy = False
+        if self._pending:
+            # After the callbacks of what just settled: writes they make join the group.
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        waiters, self._drained = self._drained, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- the group commit: the writer thread's side ----------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            job()
+
+    def _commit_prepared(
+        self,
+        batch: Batch,
+        outcomes: list[Outcome],
+        started: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            self._check_file()
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            outcomes = self._failed(conn, batch, exc)
+        self._report(outcomes, len(batch), started, loop)
+
+    def _commit(self, batch: Batch, started: float, loop: asyncio.AbstractEventLoop) -> None:
+        conn = self._conn
+        assert conn is not None
         try:
             outcomes = self._commit_together(conn, batch)
         except _WorkFailed:
@@ -345,22 +446,37 @@ class Store:
             outcomes = self._failed(conn, batch, exc)
         else:
             self._counted(outcomes)
+        self._report(outcomes, len(batch), started, loop)
+
+    def _report(
+        self,
+        outcomes: list[Outcome],
+        size: int,
+        started: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         if self.metrics is not None:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            self.metrics.commit_batch.observe(len(batch))
-        # One wake-up of each waiting loop per commit, not one per write in it.
-        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
-        for loop, settled in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-                loop.call_soon_threadsafe(_settle_all, settled)
+            self.metrics.commit_batch.observe(size)
+        # One wake-up of the loop per commit, not one per write in it.
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(self._committed, outcomes)
 
-    def _commit_together(
-        self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
-    ) -> list[Outcome]:
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to `busy_timeout_s` for a write lock held elsewhere."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
+
+    def _commit_together(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         for work, future in batch:
             try:
                 outcomes.append((future, work(conn), None))
@@ -372,12 +488,10 @@ class Store:
         conn.execute("COMMIT")
         return outcomes
 
-    def _commit_apart(
-        self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
-    ) -> list[Outcome]:
+    def _commit_apart(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome]:
         outcomes: list[Outcome] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             for work, future in batch:
                 conn.execute("SAVEPOINT work")
                 try:
@@ -412,12 +526,7 @@ class Store:
             if error is not None and not isinstance(error, WriteRefused):
                 self.health.failed(error)
 
-    def _failed(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[Work, asyncio.Future[Any]]],
-        exc: sqlite3.Error,
-    ) -> list[Outcome]:
+    def _failed(self, conn: sqlite3.Connection, batch: Batch, exc: sqlite3.Error) -> list[Outcome]:
         first = not self.health.failing
         # Before the next batch: a write queued after this one must find the store failing.
         self.health.failed(exc, writes=len(batch))

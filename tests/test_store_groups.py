@@ -1,0 +1,107 @@
+"""The store's group commit: quick writes run their statements on the loop and only the
+COMMIT on the writer thread, yet a lock held elsewhere never stalls the loop, a work that
+raises fails alone, and `drain` waits for every write made before it.
+
+Each test opens a real store on disk, on the test's own loop, below the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from router.io.store import Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = Store(tmp_path / "router.db")
+    opened.open()
+    await opened.write(lambda c: c.execute("CREATE TABLE notes (n INTEGER PRIMARY KEY)"))
+    try:
+        yield opened
+    finally:
+        await opened.drain()
+        await asyncio.get_running_loop().run_in_executor(None, opened.close)
+
+
+def note(n: int) -> object:
+    return lambda c: c.execute("INSERT INTO notes VALUES (?)", (n,)).rowcount
+
+
+async def notes(store: Store) -> list[int]:
+    rows = await store.read(lambda c: c.execute("SELECT n FROM notes ORDER BY n").fetchall())
+    return [row[0] for row in rows]
+
+
+async def test_a_write_lock_held_elsewhere_leaves_the_loop_free_and_the_write_waits_for_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """The loop's BEGIN fails at once and the group waits on the writer thread: the loop goes
+    on, and is what releases the lock here. Were the loop waiting on the lock itself, the
+    ROLLBACK below could never run and the write would fail as locked."""
+    store.busy_timeout_s = 60.0
+    holder = sqlite3.connect(tmp_path / "router.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        written = store.write(note(1), quick=True)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the group has been started and handed to the thread
+        assert not written.done()
+        holder.execute("ROLLBACK")
+        assert await written == 1
+    finally:
+        holder.close()
+    assert await notes(store) == [1]
+
+
+async def test_a_lock_held_past_the_timeout_fails_the_group_as_locked(
+    store: Store, tmp_path: Path
+) -> None:
+    store.busy_timeout_s = 0.05
+    holder = sqlite3.connect(tmp_path / "router.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as refused:
+            await store.write(note(1), quick=True)
+        assert refused.value.sqlite_errorcode == sqlite3.SQLITE_BUSY
+        assert store.health.failing
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+async def test_a_quick_work_that_raises_fails_alone_and_the_rest_of_its_group_commits(
+    store: Store,
+) -> None:
+    def refuse(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO notes VALUES (2)")
+        raise ValueError("refused")
+
+    made = [store.write(note(1), quick=True), store.write(refuse, quick=True)]
+    made.append(store.write(note(3), quick=True))
+    first, second, third = await asyncio.gather(*made, return_exceptions=True)
+    assert (first, third) == (1, 1)
+    assert isinstance(second, ValueError)
+    assert await notes(store) == [1, 3]  # the refused work's own row went with it
+    assert not store.health.failing
+
+
+async def test_quick_and_other_writes_commit_in_the_order_they_were_made(store: Store) -> None:
+    made = [store.write(note(n), quick=n % 2 == 0) for n in range(1, 7)]
+    await store.drain()
+    assert all(future.done() for future in made)
+    assert await notes(store) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_write_after_close_fails_instead_of_waiting_for_ever(tmp_path: Path) -> None:
+    closed = Store(tmp_path / "router.db")
+    closed.open()
+    await closed.drain()
+    await asyncio.get_running_loop().run_in_executor(None, closed.close)
+    with pytest.raises(sqlite3.ProgrammingError):
+        await closed.write(lambda c: None, quick=True)

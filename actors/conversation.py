@@ -125,11 +125,25 @@ class ConversationActor(RouterActor):
         return conversation_fields(c.conversation_id, c.bot, c.asset)
 
     def on_start(self) -> None:
-        if self._initial or self._persist_new:
+        if self._persist_new and not self._initial and self.actor_inbox:
+            # A new conversation with its first event waiting: the row goes to disk with that
+            # event's step, one write instead of two; `handle` makes sure it does.
+            self._unsaved = True
+        elif self._initial or self._persist_new:
             step = Step(self.conversation, self.lanes, list(self._initial), self._persist_new)
             self._initial = ()
             self._carry_out(step, was_open=True, before=self.lanes)
         self._say_idle()
+
+    # A new conversation whose row waits for its first step. A class default: an actor
+    # holds it only until then.
+    _unsaved = False
+
+    def _save_new(self) -> None:
+        """The new conversation's row, when its first message did not write it (a message that
+        took no step, or a step that crashed)."""
+        step = Step(self.conversation, self.lanes, [], True)
+        self._carry_out(step, was_open=True, before=self.lanes)
 
     # A Handover waiting for the transcript, and what came after it. Class defaults: an
     # actor holds these only while it waits.
@@ -153,6 +167,8 @@ class ConversationActor(RouterActor):
                 self._one(later)
         else:
             self._one(message)
+        if self._unsaved:
+            self._save_new()
         self._say_idle()
 
     def _say_idle(self) -> None:
@@ -221,6 +237,8 @@ class ConversationActor(RouterActor):
         _log.error(
             "conversation_crashed", **self.about(), message=type(message).__name__, exc_info=exc
         )
+        if self._unsaved:  # on disk before its supervisor reads it back
+            self._save_new()
         self.suspend()
         error = f"{type(exc).__name__}: {exc}"
         c = self.conversation
@@ -233,8 +251,10 @@ class ConversationActor(RouterActor):
         now = self.deps.clock.now()
         cid = step.conversation.conversation_id
         writes: list[Write] = []
-        if step.changed:
+        if step.changed or self._unsaved:
             writes.append(SaveConversation(step.conversation, now))
+            if self._unsaved:
+                del self._unsaved  # back to the class default: nothing held per actor
         writes.extend(SaveSession(s) for s in step.sessions)
         user = step.conversation.user
         writes.extend(SaveOutbound(asset, user, mid, cid) for asset, mid in step.outbound)

@@ -60,7 +60,7 @@ from router.domain.events import CustomerEvent
 from router.domain.rules import route_channel_event
 from router.domain.state import conversation_key
 from router.io.edge import Answer, IoEdge
-from router.io.effects import Attempt, Effect, Load, Persist
+from router.io.effects import Attempt, Effect, Load, Loaded, Persist
 from router.io.records import InboxDone
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -437,8 +437,8 @@ class TimedEdge(CountingEdge):
         """The bot's copy of the watched message: it carries the customer's Messageid."""
         return isinstance(body, dict) and body.get("Messageid") == f"m-{marks.inbox_id}"
 
-    async def _load(self, load: Load) -> None:
-        await super()._load(load)
+    def _loaded(self, load: Load, done: asyncio.Future[Loaded]) -> None:
+        super()._loaded(load, done)
         marks = self.watching
         if marks is not None and load.lookup == marks.lookup and marks.loaded is None:
             marks.loaded = time.perf_counter()

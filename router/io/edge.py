@@ -173,7 +173,7 @@ class IoEdge:
             case Attempt():
                 self._spawn(self._attempt(effect))
             case Load():
-                self._spawn(self._load(effect))
+                self._load(effect)
             case ReadTranscript(conversation_id=cid, reply_to=reply_to):
                 # Through the writer: it sees every message the conversation wrote before.
                 read = self.store.write(lambda conn: transcript(conn, cid))
@@ -265,7 +265,9 @@ class IoEdge:
             if item.undeliverable is not None:
                 self._tell(item.undeliverable)
 
-    async def _load(self, load: Load) -> None:
+    def _load(self, load: Load) -> None:
+        """A callback, not a task: a load is one read and one tell, and a new conversation
+        costs one of them."""
         kind, _, value = load.lookup.partition(":")
         reader = get_conversation if kind == "id" else open_conversation
 
@@ -276,11 +278,17 @@ class IoEdge:
             owed = conversation_deliveries(conn, found.conversation_id)
             return Loaded(load.lookup, found, tuple(d for d in owed if d.status != "dead"))
 
-        try:
-            answer = await self.store.read(read)
-        except Exception as exc:
-            self.store.health.read_failed(exc)
-            self._fence("store_read_failed", str(exc))  # its events wait for recovery
+        self.store.read_soon(read).add_done_callback(lambda done: self._loaded(load, done))
+
+    def _loaded(self, load: Load, done: asyncio.Future[Loaded]) -> None:
+        if done.cancelled() or self._closing:
+            return
+        error = done.exception()
+        if error is None:
+            answer = done.result()
+        else:
+            self.store.health.read_failed(error)
+            self._fence("store_read_failed", str(error))  # its events wait for recovery
             answer = Loaded(load.lookup, None, failed=True)
         with contextlib.suppress(pykka.ActorDeadError):
             load.reply_to.tell(answer)

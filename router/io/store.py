@@ -40,6 +40,7 @@ T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
 Batch = list[tuple[Work, "asyncio.Future[Any]"]]
 GROUP_LIMIT = 512
+READ_BATCH = 64
 # How long a group waits for a write lock another process holds before it fails as locked.
 BUSY_TIMEOUT_S = 10.0
 
@@ -238,7 +239,9 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        # Reads: one thread, fed a queue; what it finds is handed back a batch at a time.
+        self._reads: queue.SimpleQueue[_Read | None] = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
         self._read_conn: sqlite3.Connection | None = None
         # The read connection serves the reader thread and start-up's reads on the loop.
         self._read_lock = threading.Lock()
@@ -263,6 +266,8 @@ class Store:
         self._writer = threading.Thread(target=self._write_loop, name="store-write", daemon=True)
         self._writer.start()
         self._read_conn = connect(self.path)
+        self._reader = threading.Thread(target=self._read_loop, name="store-read", daemon=True)
+        self._reader.start()
 
     def write(
         self, work: Callable[[sqlite3.Connection], T], *, quick: bool = False
@@ -286,8 +291,14 @@ class Store:
             await waiter
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.read_soon(work)
+
+    def read_soon(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """`read` as a future, for a caller that goes on from a callback instead of a task."""
         assert self._read_conn is not None, "store is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._reader, self._locked, work)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._reads.put((work, future))
+        return future
 
     async def read_aside(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """A read for people looking at the daemon: a slow scan (a filter over every
@@ -334,7 +345,10 @@ class Store:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._reader.shutdown(wait=True)
+        if self._reader is not None:
+            self._reads.put(None)
+            self._reader.join()
+            self._reader = None
         if self._read_conn is not None:
             self._read_conn.close()
             self._read_conn = None
@@ -344,6 +358,39 @@ class Store:
         if self._aside_conn is not None:
             self._aside_conn.close()
             self._aside_conn = None
+
+    def _read_loop(self) -> None:
+        """Reads in the order asked, each answer handed back with those found alongside it:
+        one wake-up of the loop per batch, not one per read."""
+        while True:
+            item = self._reads.get()
+            batch: list[_Read] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= READ_BATCH:
+                    break
+                try:
+                    item = self._reads.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._answer(batch)
+            if item is None:
+                return
+
+    def _answer(self, batch: list[_Read]) -> None:
+        outcomes: list[Outcome] = []
+        for work, future in batch:
+            try:
+                outcomes.append((future, self._locked(work), None))
+            except Exception as exc:
+                outcomes.append((future, None, exc))
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, settled)
 
     # -- the group commit: the loop's side -------------------------------------------------
 
@@ -543,6 +590,7 @@ class _WorkFailed(Exception):
 
 
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+_Read = tuple[Work, asyncio.Future[Any]]
 
 
 def _settle_all(outcomes: list[Outcome]) -> None:

@@ -33,10 +33,20 @@ class Journal:
         return found
 
 
+_TELLING = ("dest_key", "ok", "error", "ccsp_conversation_id", "inbox_id", "delivery_id")
+# Per kind of event, which of the telling fields it has: looked up once per kind, since
+# every message a conversation handles is described.
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def describe(event: Any) -> dict[str, Any]:
     """The event's kind and the few fields that tell one from another, never a body."""
-    view: dict[str, Any] = {"event": type(event).__name__}
-    for name in ("dest_key", "ok", "error", "ccsp_conversation_id", "inbox_id", "delivery_id"):
+    kind = type(event)
+    view: dict[str, Any] = {"event": kind.__name__}
+    names = _FIELDS.get(kind)
+    if names is None:
+        names = _FIELDS[kind] = tuple(n for n in _TELLING if hasattr(event, n))
+    for name in names:
         value = getattr(event, name, None)
         if isinstance(value, str | int | float | bool):
             view[name] = value

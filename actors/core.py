@@ -38,6 +38,7 @@ from actors.messages import (
     Retired,
     Supervised,
 )
+from actors.on_disk import AnyKey, KeysOnDisk
 from actors.runtime import LoopActorRef, actor_of, evict
 from router.domain import lanes as lane_ops
 from router.domain.commands import RouteChannel, ToConversation
@@ -69,11 +70,14 @@ class CoreActor(RouterActor):
         edge: Edge,
         max_live: int,
         restarts: RestartPolicy | None = None,
+        on_disk: KeysOnDisk | AnyKey | None = None,
     ) -> None:
         super().__init__()
         self._deps_factory = deps_factory
         self.edge = edge
         self.max_live = max_live
+        # Identities that may have an open conversation on disk; any other opens a new one.
+        self.on_disk = on_disk if on_disk is not None else AnyKey()
         # id -> ref, least recently used first
         self.live: OrderedDict[str, LoopActorRef[ConversationActor]] = OrderedDict()
         self.keys: dict[str, str] = {}  # identity -> id, for running open conversations
@@ -139,7 +143,11 @@ class CoreActor(RouterActor):
                 if closing is not None:
                     closing.held.append(message)
                 elif cid is None:
-                    self._load(f"key:{key}", message)
+                    lookup = f"key:{key}"
+                    if lookup in self.loading or self.on_disk.may_hold(key):
+                        self._load(lookup, message)
+                    else:
+                        self._open(message)
                 else:
                     self._deliver(cid, message)
             case ToConversation(conversation_id=cid, event=event):
@@ -416,6 +424,16 @@ class CoreActor(RouterActor):
         for _, item in sorted(waiting, key=lambda pair: pair[0]):
             self._deliver(cid, item)
 
+    def _open(self, message: RouteChannel) -> None:
+        """A customer with no conversation running and none on disk: a new one, unless the
+        event may not open one (a delivery report)."""
+        self.arrivals += 1
+        if not self._unrouted([(self.arrivals, message)]):
+            return
+        conversation = self._new(message)
+        self._spawn(conversation, {}, [], persist=True)
+        self._deliver(conversation.conversation_id, message)
+
     def _unrouted(self, waiting: list[tuple[int, Routed]]) -> list[tuple[int, Routed]]:
         """No open conversation for the identity: events that may not open one (delivery
         reports) and come before the first that may are recorded as unrouted; that one opens
@@ -480,6 +498,7 @@ class CoreActor(RouterActor):
         )
         if conversation.status == "open":
             self._set_key(conversation.key, cid)
+            self.on_disk.add(conversation.key)
         self.deps.metrics.activations("new" if persist else "store").inc()
         self._evict()
 

@@ -32,6 +32,7 @@ from actors.observe import (
     residents_by_bot,
     runtime_view,
 )
+from actors.on_disk import KeysOnDisk
 from actors.runtime import LoopActorRef
 from router.config.settings import Config, check_references
 from router.domain.commands import ToConversation
@@ -63,6 +64,7 @@ from router.io.records import (
     integration_rows,
     live_deliveries,
     max_delivery_id,
+    open_keys,
     open_sessions,
     pending_inbox,
     webhook_token,
@@ -73,6 +75,10 @@ from router.reload import reload_config
 from router.retention import RetentionSweep
 from router.retention import erase_customer as erase_customer_data
 from router.rotation import SecretRotation
+
+# New conversations the directory's filter of identities on disk has room for, at the least,
+# before it answers "maybe" more often than one time in seventy.
+NEW_KEYS_ROOM = 100_000
 
 
 class StartError(Exception):
@@ -244,6 +250,7 @@ class Router:
                 conversations.restart_window_s,
                 conversations.restart_backoff_s,
             ),
+            self.store.read_now(keys_on_disk),
         )
         self.intake = Intake(self.config, self.store, self.core)
         self.metrics.live.view = lambda: live_view(self._core, self.endpoints)
@@ -501,3 +508,10 @@ def _bound_port(runner: web.AppRunner) -> int:
         if isinstance(address, tuple):
             return int(address[1])
     return 0
+
+
+def keys_on_disk(conn: sqlite3.Connection) -> KeysOnDisk:
+    """The open conversations' identities, with room for as many new ones again (and at
+    least a day's worth on a quiet store) before the filter starts answering "maybe"."""
+    count, keys = open_keys(conn)
+    return KeysOnDisk.of(keys, count, max(count, NEW_KEYS_ROOM))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,6 +244,14 @@ def open_conversation(conn: sqlite3.Connection, key: str) -> Conversation | None
             (key,),
         ).fetchone()
     )
+
+
+def open_keys(conn: sqlite3.Connection) -> tuple[int, Iterator[str]]:
+    """How many conversations are open, and their identities, read as they are iterated (by
+    the caller, on this connection's thread): a million of them are never all in memory."""
+    (count,) = conn.execute("SELECT count(*) FROM conversations WHERE status = 'open'").fetchone()
+    rows = conn.execute("SELECT conv_key FROM conversations WHERE status = 'open'")
+    return int(count), (str(row[0]) for row in rows)
 
 
 def get_session(conn: sqlite3.Connection, ccsp_conversation_id: str) -> sqlite3.Row | None:

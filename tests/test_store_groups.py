@@ -11,9 +11,11 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from router.io.metrics import Metrics
 from router.io.store import Store
 
 
@@ -96,6 +98,40 @@ async def test_quick_and_other_writes_commit_in_the_order_they_were_made(store: 
     await store.drain()
     assert all(future.done() for future in made)
     assert await notes(store) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_writes_made_by_what_a_commit_settles_join_the_group_right_after_it(
+    tmp_path: Path,
+) -> None:
+    """A message's next step (told to an actor once its intake row is durable, written in
+    that actor's turn) goes to disk in the group after the row's, not one later: the next
+    group waits for the turns that the settled writes set off."""
+    metrics = Metrics()
+    store = Store(tmp_path / "router.db", metrics)
+    store.open()
+    await store.write(lambda c: c.execute("CREATE TABLE notes (n INTEGER PRIMARY KEY)"))
+    loop = asyncio.get_running_loop()
+    later: list[asyncio.Future[Any]] = []
+
+    def next_step(_: object) -> None:  # the handler tells an actor; its turn comes after
+        loop.call_soon(lambda: later.append(store.write(note(3), quick=True)))
+
+    row = store.write(note(1), quick=True)
+    row.add_done_callback(next_step)
+    await asyncio.sleep(0)  # the group holding the row is on its way to disk
+    waiting = store.write(note(2), quick=True)  # made meanwhile: the next group
+    await asyncio.gather(row, waiting)
+    await store.drain()
+    assert [future.result() for future in later] == [1]
+    sizes = [
+        s.value
+        for m in metrics.registry.collect()
+        if m.name == "router_store_commit_batch_size"
+        for s in m.samples
+        if s.name.endswith("_count")
+    ]
+    assert sizes == [3.0]  # the table, the row, then the waiting write and the step together
+    await loop.run_in_executor(None, store.close)
 
 
 async def test_a_write_after_close_fails_instead_of_waiting_for_ever(tmp_path: Path) -> None:

@@ -443,11 +443,17 @@ class Store:
         _settle_all(outcomes)
         self._busy = False
         if self._pending:
-            # After the callbacks of what just settled: writes they make join the group.
+            # Not at once: what just settled wakes its waiters, and they tell actors, whose
+            # turns run in a callback scheduled after this one. Two hops later, the writes
+            # those turns make (a message's next step, right behind its intake row) join the
+            # next group instead of waiting a whole commit for the one after it.
             if self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
         else:
             self._wake_drained()
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _wake_drained(self) -> None:
         waiters, self._drained = self._drained, []

@@ -128,21 +128,22 @@ class ConversationActor(RouterActor):
         if self._persist_new and not self._initial and self.actor_inbox:
             # A new conversation with its first event waiting: the row goes to disk with that
             # event's step, one write instead of two; `handle` makes sure it does.
-            self._unsaved = True
+            self._unsaved = self.conversation
         elif self._initial or self._persist_new:
             step = Step(self.conversation, self.lanes, list(self._initial), self._persist_new)
             self._initial = ()
             self._carry_out(step, was_open=True, before=self.lanes)
         self._say_idle()
 
-    # A new conversation whose row waits for its first step. A class default: an actor
-    # holds it only until then.
-    _unsaved = False
+    # A new conversation whose row waits for its first step, as it was before that step. A
+    # class default: an actor holds it only until then.
+    _unsaved: Conversation | None = None
 
     def _save_new(self) -> None:
         """The new conversation's row, when its first message did not write it (a message that
-        took no step, or a step that crashed)."""
-        step = Step(self.conversation, self.lanes, [], True)
+        took no step, or a step that crashed: then as it was before the step)."""
+        assert self._unsaved is not None
+        step = Step(self._unsaved, self.lanes, [], True)
         self._carry_out(step, was_open=True, before=self.lanes)
 
     # A Handover waiting for the transcript, and what came after it. Class defaults: an
@@ -167,7 +168,7 @@ class ConversationActor(RouterActor):
                 self._one(later)
         else:
             self._one(message)
-        if self._unsaved:
+        if self._unsaved is not None:
             self._save_new()
         self._say_idle()
 
@@ -237,7 +238,7 @@ class ConversationActor(RouterActor):
         _log.error(
             "conversation_crashed", **self.about(), message=type(message).__name__, exc_info=exc
         )
-        if self._unsaved:  # on disk before its supervisor reads it back
+        if self._unsaved is not None:  # on disk before its supervisor reads it back
             self._save_new()
         self.suspend()
         error = f"{type(exc).__name__}: {exc}"
@@ -251,10 +252,9 @@ class ConversationActor(RouterActor):
         now = self.deps.clock.now()
         cid = step.conversation.conversation_id
         writes: list[Write] = []
-        if step.changed or self._unsaved:
+        unsaved = self._unsaved is not None
+        if step.changed or unsaved:
             writes.append(SaveConversation(step.conversation, now))
-            if self._unsaved:
-                del self._unsaved  # back to the class default: nothing held per actor
         writes.extend(SaveSession(s) for s in step.sessions)
         user = step.conversation.user
         writes.extend(SaveOutbound(asset, user, mid, cid) for asset, mid in step.outbound)
@@ -305,6 +305,8 @@ class ConversationActor(RouterActor):
                 )
         if writes or then:
             self.deps.edge.submit(Persist(tuple(writes), tuple(then)))
+        if unsaved:
+            del self._unsaved  # written: back to the class default, nothing held per actor
         if was_open and step.conversation.status == "closed":
             self.deps.core.tell(ConversationClosed(cid, step.conversation.key))
 

@@ -134,10 +134,30 @@ async def test_writes_made_by_what_a_commit_settles_join_the_group_right_after_i
     await loop.run_in_executor(None, store.close)
 
 
-async def test_a_write_after_close_fails_instead_of_waiting_for_ever(tmp_path: Path) -> None:
+async def test_a_fault_of_the_stores_own_fails_the_group_and_the_writer_goes_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not SQLite's error: its callers hear of it instead of waiting on a dead thread."""
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the store")
+
+    monkeypatch.setattr(store, "_check_file", broken)
+    with pytest.raises(RuntimeError):
+        await store.write(note(1), quick=True)
+    monkeypatch.undo()
+    assert await store.write(note(2), quick=True) == 1
+    assert await notes(store) == [2]
+
+
+async def test_a_write_or_read_after_close_fails_instead_of_waiting_for_ever(
+    tmp_path: Path,
+) -> None:
     closed = Store(tmp_path / "router.db")
     closed.open()
     await closed.drain()
     await asyncio.get_running_loop().run_in_executor(None, closed.close)
     with pytest.raises(sqlite3.ProgrammingError):
         await closed.write(lambda c: None, quick=True)
+    with pytest.raises(sqlite3.ProgrammingError):
+        await closed.read(lambda c: None)

@@ -233,6 +233,8 @@ class Store:
         # Owned by the loop: writes waiting for the next group, and whether a group is on
         # its way to disk (the write connection is the writer thread's until it lands).
         self._pending: deque[tuple[Work, asyncio.Future[Any], bool]] = deque()
+        self._quick = False  # whether quick groups may run their statements on the loop
+        self._closed = False
         self._busy = False
         self._flush_handle: asyncio.Handle | None = None
         self._drained: list[asyncio.Future[None]] = []
@@ -260,8 +262,13 @@ class Store:
         self.identity = FileIdentity.of(self.path)
         migrate(conn)
         # A lock held by another process must never stall the loop: the loop's BEGIN fails
-        # at once, and the group waits for the lock on the writer thread instead.
-        conn.execute("PRAGMA busy_timeout=0")
+        # at once, and the group waits for the lock on the writer thread instead. That holds
+        # in WAL mode only, where a commit never waits for readers; on a file system that
+        # keeps the file in another mode, every group runs on the writer thread.
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        self._quick = mode == "wal"
+        if self._quick:
+            conn.execute("PRAGMA busy_timeout=0")
         self._conn = conn
         self._writer = threading.Thread(target=self._write_loop, name="store-write", daemon=True)
         self._writer.start()
@@ -278,6 +285,9 @@ class Store:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        if self._closed:
+            future.set_exception(sqlite3.ProgrammingError("the store is closed"))
+            return future
         self._pending.append((work, future, quick))
         if not self._busy and self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
@@ -295,8 +305,11 @@ class Store:
 
     def read_soon(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """`read` as a future, for a caller that goes on from a callback instead of a task."""
-        assert self._read_conn is not None, "store is not open"
+        assert self._read_conn is not None or self._closed, "store is not open"
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(sqlite3.ProgrammingError("the store is closed"))
+            return future
         self._reads.put((work, future))
         return future
 
@@ -337,7 +350,8 @@ class Store:
         return problem
 
     def close(self) -> None:
-        """After `drain`: a write made later fails as made on a closed store."""
+        """After `drain`: a write or read made from now on fails as made on a closed store."""
+        self._closed = True
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
@@ -400,7 +414,7 @@ class Store:
         self._flush_handle = None
         if self._busy or not self._pending:
             return
-        if self._conn is None:  # closed: nothing will commit these any more
+        if self._conn is None or self._closed:  # nothing will commit these any more
             while self._pending:
                 _, future, _ = self._pending.popleft()
                 if not future.done():
@@ -413,21 +427,24 @@ class Store:
         self._busy = True
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        if all(quick for _, _, quick in taken):
+        if self._quick and all(quick for _, _, quick in taken):
             outcomes = self._statements(self._conn, batch)
-            if outcomes is not None:
+            if isinstance(outcomes, list):
                 self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop))
+                return
+            if outcomes is _RAISED:  # one work raised: straight to a savepoint each
+                self._queue.put(lambda: self._commit(batch, started, loop, apart=True))
                 return
         self._queue.put(lambda: self._commit(batch, started, loop))
 
-    def _statements(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | None:
-        """The group's statements, inside its transaction; None when anything goes other
-        than plainly (a lock held elsewhere, a work that raises), for the writer thread to
-        do the group again the careful way."""
+    def _statements(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | object:
+        """The group's statements, inside its transaction; `_BUSY` when the lock is held
+        elsewhere and `_RAISED` when a work raises, for the writer thread to do the group
+        again the careful way."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:
-            return None
+            return _BUSY
         outcomes: list[Outcome] = []
         for work, future in batch:
             try:
@@ -436,7 +453,7 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                return None
+                return _RAISED
         return outcomes
 
     def _committed(self, outcomes: list[Outcome]) -> None:
@@ -484,22 +501,47 @@ class Store:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             outcomes = self._failed(conn, batch, exc)
+        except Exception as exc:
+            outcomes = self._fault(conn, batch, exc)
         self._report(outcomes, len(batch), started, loop)
 
-    def _commit(self, batch: Batch, started: float, loop: asyncio.AbstractEventLoop) -> None:
+    def _commit(
+        self,
+        batch: Batch,
+        started: float,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        apart: bool = False,
+    ) -> None:
         conn = self._conn
         assert conn is not None
         try:
-            outcomes = self._commit_together(conn, batch)
-        except _WorkFailed:
-            # One caller's work raised: commit the others without it, each in a savepoint so
-            # that a bad write fails alone. Rare, so the common batch pays for no savepoints.
-            outcomes = self._commit_apart(conn, batch)
+            if apart:
+                outcomes = self._commit_apart(conn, batch)
+            else:
+                try:
+                    outcomes = self._commit_together(conn, batch)
+                except _WorkFailed:
+                    # One caller's work raised: commit the others without it, each in a
+                    # savepoint so that a bad write fails alone. Rare, so the common group
+                    # pays for no savepoints.
+                    outcomes = self._commit_apart(conn, batch)
+                else:
+                    self._counted(outcomes)
         except sqlite3.Error as exc:
             outcomes = self._failed(conn, batch, exc)
-        else:
-            self._counted(outcomes)
+        except Exception as exc:
+            outcomes = self._fault(conn, batch, exc)
         self._report(outcomes, len(batch), started, loop)
+
+    def _fault(self, conn: sqlite3.Connection, batch: Batch, exc: Exception) -> list[Outcome]:
+        """Not SQLite's error but the store's own: the group fails, and its callers hear so,
+        rather than waiting for ever on a writer thread that died."""
+        self._log.error("store_commit_fault", error=repr(exc), batch=len(batch))
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        return [(future, None, exc) for _, future in batch]
 
     def _report(
         self,
@@ -523,7 +565,8 @@ class Store:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # or an extended code
+                if not busy or time.monotonic() >= deadline:
                     raise
             time.sleep(0.005)
 
@@ -589,6 +632,10 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         return [(future, None, exc) for _, future in batch]
+
+
+_BUSY = object()  # the loop's BEGIN found the write lock held elsewhere
+_RAISED = object()  # a work raised on the loop
 
 
 class _WorkFailed(Exception):

@@ -79,9 +79,18 @@ class Watch:
         self.refused: list[int] = []
 
     async def run(self, seconds: float) -> None:
-        connector = aiohttp.TCPConnector(local_addr=("127.0.0.1", 0))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            await asyncio.gather(self._health(session, seconds), self._customers(session, seconds))
+        # The customers' messages go a connection each: one kept alive past the router's
+        # header deadline is closed by it, and a request sent on it as that happens is reset.
+        # On the router's own loop, on a starved machine, the two can fall in the same turn.
+        # The health checks, every 50 ms, keep theirs.
+        local = ("127.0.0.1", 0)
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=local)) as health,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(local_addr=local, force_close=True)
+            ) as customers,
+        ):
+            await asyncio.gather(self._health(health, seconds), self._customers(customers, seconds))
 
     async def _health(self, session: aiohttp.ClientSession, seconds: float) -> None:
         loop = asyncio.get_running_loop()

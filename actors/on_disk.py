@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 _BITS_PER_KEY = 16  # two probes: about one "maybe" in 70 for an identity never seen
-_FEWEST_BITS = 1 << 20
+# New identities it has room for besides those on disk: as many again, and at least this.
+_ROOM = 100_000
 _MOST_BITS = 1 << 27  # 16 MiB
 _HASH_BITS = (1 << 64) - 1
 
@@ -24,15 +25,15 @@ class KeysOnDisk:
     __slots__ = ("_bits", "_mask")
 
     def __init__(self, expected: int) -> None:
-        wanted = max(expected * _BITS_PER_KEY, _FEWEST_BITS)
+        wanted = max(expected, 1) * _BITS_PER_KEY
         bits = min(1 << (wanted - 1).bit_length(), _MOST_BITS)
         self._bits = bytearray(bits // 8)
         self._mask = bits - 1
 
     @classmethod
-    def of(cls, keys: Iterable[str], count: int, room_for: int) -> KeysOnDisk:
-        """The store's `count` open identities, with room for `room_for` more besides."""
-        found = cls(count + room_for)
+    def of(cls, keys: Iterable[str], count: int) -> KeysOnDisk:
+        """The store's `count` open identities, with room for new ones besides."""
+        found = cls(count + max(count, _ROOM))
         for key in keys:
             found.add(key)
         return found

@@ -76,10 +76,6 @@ from router.retention import RetentionSweep
 from router.retention import erase_customer as erase_customer_data
 from router.rotation import SecretRotation
 
-# New conversations the directory's filter of identities on disk has room for, at the least,
-# before it answers "maybe" more often than one time in seventy.
-NEW_KEYS_ROOM = 100_000
-
 
 class StartError(Exception):
     """The daemon cannot start; the message says why."""
@@ -511,7 +507,6 @@ def _bound_port(runner: web.AppRunner) -> int:
 
 
 def keys_on_disk(conn: sqlite3.Connection) -> KeysOnDisk:
-    """The open conversations' identities, with room for as many new ones again (and at
-    least a day's worth on a quiet store) before the filter starts answering "maybe"."""
+    """The open conversations' identities, for the directory's filter."""
     count, keys = open_keys(conn)
-    return KeysOnDisk.of(keys, count, max(count, NEW_KEYS_ROOM))
+    return KeysOnDisk.of(keys, count)

@@ -16,7 +16,7 @@ from tests.conftest import Daemon, Peers, StartRouter, base_config
 
 def test_an_identity_added_is_always_held_and_most_others_are_not() -> None:
     keys = [conversation_key("fb-page-1", f"user-{n}", "svc", "bot") for n in range(20_000)]
-    filter_ = KeysOnDisk.of(iter(keys[:10_000]), 10_000, 0)
+    filter_ = KeysOnDisk.of(iter(keys[:10_000]), 10_000)
     assert all(filter_.may_hold(key) for key in keys[:10_000])
     maybes = sum(filter_.may_hold(key) for key in keys[10_000:])
     assert maybes < 10_000 * 0.05  # about one in seventy by design

@@ -286,7 +286,7 @@ class Store:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if self._closed:
-            future.set_exception(sqlite3.ProgrammingError("the store is closed"))
+            future.set_exception(_closed_store())
             return future
         self._pending.append((work, future, quick))
         if not self._busy and self._flush_handle is None:
@@ -308,7 +308,7 @@ class Store:
         assert self._read_conn is not None or self._closed, "store is not open"
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         if self._closed:
-            future.set_exception(sqlite3.ProgrammingError("the store is closed"))
+            future.set_exception(_closed_store())
             return future
         self._reads.put((work, future))
         return future
@@ -418,7 +418,7 @@ class Store:
             while self._pending:
                 _, future, _ = self._pending.popleft()
                 if not future.done():
-                    future.set_exception(sqlite3.ProgrammingError("the store is closed"))
+                    future.set_exception(_closed_store())
             self._wake_drained()
             return
         size = min(len(self._pending), GROUP_LIMIT)
@@ -632,6 +632,10 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         return [(future, None, exc) for _, future in batch]
+
+
+def _closed_store() -> sqlite3.ProgrammingError:
+    return sqlite3.ProgrammingError("the store is closed")
 
 
 _BUSY = object()  # the loop's BEGIN found the write lock held elsewhere

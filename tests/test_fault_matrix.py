@@ -133,7 +133,7 @@ async def test_a_refused_connection_is_a_failed_attempt(
     raw = config_with(peers, tmp_path / "router.db", f"http://127.0.0.1:{port}/bot", 5.0)
     daemon = await start_router(config=raw, clock=clock)
     failed = await first_attempt_failed(daemon, clock)
-    assert "onnect" in failed["last_error"]  # ClientConnectorError: cannot connect
+    assert "onnect" in failed["last_error"]  # CannotConnect: cannot connect
     await bot.start(port)
     try:
         await recovers_in_order(daemon, clock, bot)

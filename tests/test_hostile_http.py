@@ -200,7 +200,7 @@ async def test_an_attempt_error_keeps_no_credentials_from_the_url(
         await daemon.customer("hello", "m1", asset="wa-1")
         _, dead = await daemon.until_dead_letters(1)
     [letter] = dead["dead_letters"]
-    assert letter["last_error"].startswith("ClientConnectorError: ")
+    assert letter["last_error"].startswith("CannotConnect: ")
     assert f"127.0.0.1:{port}" in letter["last_error"]
     assert "hunter2" not in letter["last_error"] and "sekrit" not in letter["last_error"]
     failures = [e for e in logs if e["event"] == "delivery_attempt_failed"]

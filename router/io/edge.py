@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import aiohttp
 import orjson
 import pykka
 import structlog
@@ -39,6 +38,7 @@ from router.io.effects import (
     TranscriptRead,
 )
 from router.io.health import WriteRefused
+from router.io.http1 import AnswerTooLarge, Http1Client, PeerError
 from router.io.metrics import Metrics
 from router.io.records import (
     Write,
@@ -53,6 +53,7 @@ from router.io.store import Store
 
 ATTEMPTS_PER_DESTINATION = 64
 MAX_ANSWER_BYTES = 64 * 1024
+USER_AGENT = "conversation-router"
 
 # How an attempt ended, as counted: a 2xx, another status, no answer in time, anything else.
 Outcome = Literal["ok", "http_error", "timeout", "error"]
@@ -91,13 +92,13 @@ class IoEdge:
     ) -> None:
         self.store = store
         self.clock = clock
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout_s = timeout_s
         self.metrics = metrics
         self.max_answer_bytes = max_answer_bytes
         self.attempts_per_destination = attempts_per_destination
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
-        self.session: aiohttp.ClientSession | None = None
+        self.client: Http1Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[Timer] = set()
         self._closing = False
@@ -119,18 +120,7 @@ class IoEdge:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
-        self.session = aiohttp.ClientSession(
-            json_serialize_bytes=orjson.dumps,
-            # A peer's Set-Cookie must not ride along on calls to other peers.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # Attempts wait for a slot per destination before their timeout starts, so the
-            # connection pool itself never makes an attempt late.
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-            # An answer is read as it came, within `max_answer_bytes`: a compressed one
-            # could inflate past any limit before a byte of it was counted.
-            auto_decompress=False,
-            headers={"Accept-Encoding": "identity"},
-        )
+        self.client = Http1Client(user_agent=USER_AGENT)
 
     def quiesce(self) -> None:
         """No more timers: retries due during shutdown resume from the store next start."""
@@ -147,9 +137,9 @@ class IoEdge:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
 
     def submit(self, effect: Effect) -> None:
         loop = self.loop
@@ -419,55 +409,34 @@ class IoEdge:
         """One POST. A redirect is a failed attempt: following it would send the message
         (and, for a 307, the access token) somewhere nobody configured, or turn it into a GET.
         """
-        assert self.session is not None
+        assert self.client is not None
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if webhook_id is not None:
             headers |= webhook_headers(webhook_id, self.clock.now(), data, *secrets)
         try:
-            async with self.session.post(
-                url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
-            ) as response:
-                payload = await read_answer(response, self.max_answer_bytes)
-                status = response.status
-                if 200 <= status < 300:
-                    return Answer(True, None, "ok", payload, status)
-                if status == 429:
-                    asked = retry_after(response.headers.get("Retry-After"), self.clock.now())
-                    if asked is None:
-                        return Answer(False, "HTTP 429", "http_error", payload, status)
-                    wait = float(math.ceil(asked))
-                    error = f"HTTP 429, retry after {wait:.0f}s"
-                    return Answer(False, error, "http_error", payload, status, wait)
-                return Answer(False, f"HTTP {status}", "http_error", payload, status)
+            reply = await self.client.post(
+                url, headers, data, timeout=self.timeout_s, cap=self.max_answer_bytes
+            )
         except AnswerTooLarge as exc:
             return Answer(False, str(exc), "error")
         except TimeoutError:
-            return Answer(False, f"no answer within {self.timeout.total}s", "timeout")
-        except (aiohttp.ClientError, ValueError, OSError) as exc:
-            # ValueError: aiohttp refuses a header or URL it cannot send.
+            return Answer(False, f"no answer within {self.timeout_s}s", "timeout")
+        except (PeerError, ValueError, OSError) as exc:
+            # ValueError: a header or URL that cannot be sent.
             return Answer(False, _safe_error(exc, url, token), "error")
-
-
-class AnswerTooLarge(Exception):
-    """A peer's answer past the cap: the attempt fails, and no more of it is read."""
-
-    def __init__(self, cap: int) -> None:
-        super().__init__(f"answer larger than {cap} bytes")
-
-
-async def read_answer(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """The answer's body, holding at most `cap` bytes of it: a peer that declares more fails
-    at once, one that sends more (chunked, or without end) once the cap is passed."""
-    if response.content_length is not None and response.content_length > cap:
-        raise AnswerTooLarge(cap)
-    body = bytearray()
-    while chunk := await response.content.read(cap + 1 - len(body)):
-        body += chunk
-        if len(body) > cap:
-            raise AnswerTooLarge(cap)
-    return bytes(body)
+        status, payload = reply.status, reply.body
+        if 200 <= status < 300:
+            return Answer(True, None, "ok", payload, status)
+        if status == 429:
+            asked = retry_after(reply.headers.get("retry-after"), self.clock.now())
+            if asked is None:
+                return Answer(False, "HTTP 429", "http_error", payload, status)
+            wait = float(math.ceil(asked))
+            error = f"HTTP 429, retry after {wait:.0f}s"
+            return Answer(False, error, "http_error", payload, status, wait)
+        return Answer(False, f"HTTP {status}", "http_error", payload, status)
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -496,8 +465,8 @@ def _safe_error(exc: BaseException, url: str, token: str | None) -> str:
     """An exception as an attempt's error, with no credentials left in it.
 
     Errors are stored with the delivery, shown on the debug port and logged, while the
-    destination URL may carry a password or a key in its query, and aiohttp quotes URLs in
-    its messages.
+    destination URL may carry a password or a key in its query, and an error's text may quote
+    the URL.
     """
     text = _URL_IN_TEXT.sub(lambda m: _strip_url(m.group(0)), f"{type(exc).__name__}: {exc}")
     for secret in _url_secrets(url, token):

@@ -1,6 +1,7 @@
 """HTTPS on the public port (`server.tls_cert`, `server.tls_key`): events are accepted over
 it, webhook URLs say https, and a client that never finishes its handshake is cut at the
-header deadline and counted under the caps like any other."""
+header deadline and counted under the caps like any other. And deliveries to https peers:
+verified against the trust store."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from router.daemon import StartError
+from router.io.http1 import CannotConnect, Http1Client
 from tests.conftest import ASSET_TOKEN, Peers, StartRouter, base_config
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -133,3 +137,31 @@ async def test_a_key_that_does_not_load_stops_the_start(
     (tmp_path / "bad.pem").write_text("not a key")
     with pytest.raises(StartError, match=r"cannot load server\.tls_cert and tls_key"):
         await start_router(tls_config(peers, tmp_path, cert, tmp_path / "bad.pem"))
+
+
+async def test_deliveries_go_out_over_https_and_refuse_a_peer_nobody_vouches_for(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.json_response({"got": await request.json()})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(ssl=served)
+    url = f"https://127.0.0.1:{server.port}/hook"
+    trusting = Http1Client(user_agent="test", ssl_context=ssl.create_default_context(cafile=cert))
+    default = Http1Client(user_agent="test")
+    try:
+        reply = await trusting.post(url, {}, b'{"a": 1}', timeout=5, cap=1024)
+        assert (reply.status, reply.body) == (200, b'{"got": {"a": 1}}')
+        with pytest.raises(CannotConnect, match="CERTIFICATE_VERIFY_FAILED"):
+            await default.post(url, {}, b"{}", timeout=5, cap=1024)
+    finally:
+        await trusting.close()
+        await default.close()
+        await server.close()

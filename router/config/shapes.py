@@ -7,6 +7,7 @@ These dataclasses are the one place the defaults live; the schema that checks a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 __all__ = [
@@ -186,7 +187,12 @@ class Config:
     source: str = "<config>"
 
     def asset(self, asset_id: str) -> AssetConfig | None:
-        return next((a for a in self.assets if a.id == asset_id), None)
+        return self._assets_by_id.get(asset_id)
+
+    @cached_property
+    def _assets_by_id(self) -> dict[str, AssetConfig]:
+        """Every channel event looks its asset up: by key, not by a walk of the list."""
+        return {a.id: a for a in reversed(self.assets)}  # the first of an id, as before
 
     def service(self, service_id: str) -> ServiceConfig | None:
         return next((s for s in self.services if s.id == service_id), None)

@@ -209,13 +209,15 @@ class Http1Client:
     `idle_s`. Nothing is retried here: a failed call is a failed attempt, and the delivery's
     own backoff decides what comes next."""
 
-    def __init__(self, *, user_agent: str, idle_s: float = IDLE_S) -> None:
+    def __init__(
+        self, *, user_agent: str, idle_s: float = IDLE_S, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._agent = f"User-Agent: {user_agent}\r\nAccept-Encoding: identity\r\n".encode()
         self._idle_s = idle_s
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._live: set[_Connection] = set()
         self._targets: dict[str, _Target] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # the system's trust store unless given
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 

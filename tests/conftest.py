@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,24 @@ from tests.peers import Peer
 
 ADMIN = "admin-secret"
 ASSET_TOKEN = "asset-secret"
+
+
+async def execute(path: Path, *statements: str) -> list[Any]:
+    """Statements on a connection of the test's own, on a thread: the daemon's group of
+    writes commits after a loop hop or two, and a test that blocked the loop waiting for
+    the lock that group holds would wait until its busy timeout. The last one's rows."""
+
+    def run() -> list[Any]:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            rows: list[Any] = []
+            for statement in statements:
+                rows = conn.execute(statement).fetchall()
+            return rows
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(run)
 
 
 class Peers:

@@ -3,7 +3,6 @@ documented, a refused reply reported instead of dropped, and parked deliveries t
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from structlog.testing import capture_logs
 
 from router.http.inbound import ChannelInput
 from tests.clock import ManualClock
-from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, base_config
+from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, base_config, execute
 
 EVENTS = "/v1/channels/fb-page-1/events"
 DELAYS = [60, 300, 900, 2340]
@@ -31,18 +30,17 @@ async def open_bot_conversation(daemon: Daemon, peers: Peers) -> str:
     return cid
 
 
-def fence(tmp_path: Path, table: str) -> None:
+async def fence(tmp_path: Path, table: str) -> None:
     """Make the next write to `table` fail: the daemon stops routing until restarted."""
-    with sqlite3.connect(tmp_path / "router.db", isolation_level=None) as conn:
-        conn.execute(
-            f"CREATE TRIGGER no_{table} BEFORE INSERT ON {table} "
-            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-        )
+    await execute(
+        tmp_path / "router.db",
+        f"CREATE TRIGGER no_{table} BEFORE INSERT ON {table} "
+        "BEGIN SELECT RAISE(ABORT, 'disk says no'); END",
+    )
 
 
-def unfence(tmp_path: Path, table: str) -> None:
-    with sqlite3.connect(tmp_path / "router.db", isolation_level=None) as conn:
-        conn.execute(f"DROP TRIGGER no_{table}")
+async def unfence(tmp_path: Path, table: str) -> None:
+    await execute(tmp_path / "router.db", f"DROP TRIGGER no_{table}")
 
 
 async def degraded(daemon: Daemon) -> bool:
@@ -240,14 +238,14 @@ async def test_a_reply_refused_when_processed_is_reported_failed_to_the_bot(
     cid = await open_bot_conversation(first, peers)
     # Nothing routed after this commits, so the handover and the reply both wait in the
     # store, each accepted while the bot still held the conversation.
-    fence(tmp_path, "ccsp_sessions")
+    await fence(tmp_path, "ccsp_sessions")
     assert (await first.bot({"eventid": "1002", "conversation_id": cid}))[0] == 202
 
     await first.until(lambda: degraded(first))
     status, answer = await first.bot({"eventid": "1001", "conversation_id": cid, "message": "x"})
     assert status == 202
     await first.router.stop()
-    unfence(tmp_path, "ccsp_sessions")
+    await unfence(tmp_path, "ccsp_sessions")
     await start_router()
     [handover] = await peers.ccsp.wait_for(1)
     assert handover["Event"] == "Handover"
@@ -270,7 +268,7 @@ async def test_a_restart_between_the_202_and_the_delivery_keeps_the_messageid(
 ) -> None:
     first = await start_router()
     cid = await open_bot_conversation(first, peers)
-    fence(tmp_path, "deliveries")
+    await fence(tmp_path, "deliveries")
     # A null Messageid under another spelling is replaced, not kept beside the generated one.
     status, answer = await first.bot(
         {"eventid": "1001", "conversation_id": cid, "message": "x", "message_id": None}
@@ -280,7 +278,7 @@ async def test_a_restart_between_the_202_and_the_delivery_keeps_the_messageid(
     await first.until(lambda: degraded(first))
     await first.router.stop()
     assert peers.channel.received == []
-    unfence(tmp_path, "deliveries")
+    await unfence(tmp_path, "deliveries")
     await start_router()
     [out] = await peers.channel.wait_for(1)
     assert out["Messageid"] == answer["Messageid"]

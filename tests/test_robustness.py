@@ -12,7 +12,7 @@ import pytest
 
 from router.daemon import StartError
 from tests.clock import ManualClock
-from tests.conftest import Daemon, Peers, StartRouter, base_config
+from tests.conftest import Daemon, Peers, StartRouter, base_config, execute
 
 DELAYS = [60, 300, 900, 2340]
 
@@ -46,8 +46,10 @@ async def test_parked_deliveries_are_released_when_a_restart_finds_the_bot_activ
     await first.until(parked)
     await first.router.stop()
     # As if the daemon died between verify's commit and the release that follows it.
-    with db(tmp_path / "router.db") as conn:
-        conn.execute("UPDATE integrations SET state = 'active', consecutive_failures = 0")
+    await execute(
+        tmp_path / "router.db",
+        "UPDATE integrations SET state = 'active', consecutive_failures = 0",
+    )
     second = await start_router(retry_delays_s=DELAYS)
     bodies = await peers.bot.wait_for(3)
     assert [b["Message"] for b in bodies] == ["m0", "m1", "m2"]
@@ -64,11 +66,11 @@ async def test_a_failed_write_sends_nothing_and_marks_the_daemon_degraded(
     # Time stands still: the daemon would recover by itself (test_store_failure.py); what
     # is checked here is that a restart redoes the refused step too.
     daemon = await start_router(clock=ManualClock())
-    with db(tmp_path / "router.db") as conn:
-        conn.execute(
-            "CREATE TRIGGER no_deliveries BEFORE INSERT ON deliveries "
-            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-        )
+    await execute(
+        tmp_path / "router.db",
+        "CREATE TRIGGER no_deliveries BEFORE INSERT ON deliveries "
+        "BEGIN SELECT RAISE(ABORT, 'disk says no'); END",
+    )
     assert (await daemon.customer("hi", "m1"))[0] == 202
 
     async def degraded() -> bool:
@@ -79,8 +81,7 @@ async def test_a_failed_write_sends_nothing_and_marks_the_daemon_degraded(
     assert health["status"] == "degraded"
     assert peers.bot.received == []
     await daemon.router.stop()
-    with db(tmp_path / "router.db") as conn:
-        conn.execute("DROP TRIGGER no_deliveries")
+    await execute(tmp_path / "router.db", "DROP TRIGGER no_deliveries")
     again = await start_router()
     [got] = await peers.bot.wait_for(1)
     assert got["Message"] == "hi"
@@ -237,11 +238,11 @@ async def test_after_a_failed_write_later_steps_wait_and_are_redone_in_order(
     await daemon.customer("first", "m1")
     [first] = await peers.bot.wait_for(1)
     await daemon.until(lambda: nothing_owed(daemon, first["Conversationid"]))
-    with db(tmp_path / "router.db") as conn:
-        conn.execute(
-            "CREATE TRIGGER no_sessions BEFORE INSERT ON ccsp_sessions "
-            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-        )
+    await execute(
+        tmp_path / "router.db",
+        "CREATE TRIGGER no_sessions BEFORE INSERT ON ccsp_sessions "
+        "BEGIN SELECT RAISE(ABORT, 'disk says no'); END",
+    )
     assert (await daemon.bot({"eventid": "1002", "conversation_id": first["Conversationid"]}))[
         0
     ] == 202
@@ -254,9 +255,10 @@ async def test_after_a_failed_write_later_steps_wait_and_are_redone_in_order(
     await daemon.router.stop()
     assert peers.ccsp.received == []
     assert [b["Message"] for b in peers.bot.bodies] == ["first"]
-    with db(tmp_path / "router.db") as conn:
-        conn.execute("DROP TRIGGER no_sessions")
-        route = conn.execute("SELECT state FROM conversations").fetchone()[0]
+    rows = await execute(
+        tmp_path / "router.db", "DROP TRIGGER no_sessions", "SELECT state FROM conversations"
+    )
+    route = rows[0][0]
     assert b'"route":"bot"' in route
     await start_router()
     handover, to_agent = await peers.ccsp.wait_for(2)

@@ -19,14 +19,17 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from tests.clock import ManualClock
-from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter
+from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, execute
 from tests.test_metrics import scrape, value
 
 DB = "router.db"
+REFUSE_DELIVERIES = (
+    "CREATE TRIGGER refuse BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'refused'); END"
+)
 
 
 def db(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path, isolation_level=None)
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
 async def customer(daemon: Daemon, text: str, message_id: str, user: str = "u1") -> Any:
@@ -80,12 +83,12 @@ def assert_refused(answer: Any) -> None:
 async def fill_up(daemon: Daemon, tmp_path: Path) -> None:
     """A disk with room for small writes but not for a delivery: every delivery row drags a
     megabyte along, past the writer's page limit."""
-    with db(tmp_path / DB) as conn:
-        conn.execute("CREATE TABLE ballast (b BLOB)")
-        conn.execute(
-            "CREATE TRIGGER heavy AFTER INSERT ON deliveries "
-            "BEGIN INSERT INTO ballast VALUES (zeroblob(1000000)); END"
-        )
+    await execute(
+        tmp_path / DB,
+        "CREATE TABLE ballast (b BLOB)",
+        "CREATE TRIGGER heavy AFTER INSERT ON deliveries "
+        "BEGIN INSERT INTO ballast VALUES (zeroblob(1000000)); END",
+    )
 
     def limit(conn: sqlite3.Connection) -> None:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -95,8 +98,7 @@ async def fill_up(daemon: Daemon, tmp_path: Path) -> None:
 
 
 async def free_up(daemon: Daemon, tmp_path: Path) -> None:
-    with db(tmp_path / DB) as conn:
-        conn.execute("DROP TRIGGER heavy")
+    await execute(tmp_path / DB, "DROP TRIGGER heavy")
     await daemon.router.store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
 
 
@@ -145,7 +147,8 @@ async def test_a_locked_store_answers_503_counts_each_failure_and_resumes(
     daemon = await start_router(clock=clock)
     daemon.router.store.busy_timeout_s = 0.05
     holder = db(tmp_path / DB)
-    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    # Another process holds the write lock (taken off the loop: see `execute`).
+    await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
     try:
         assert_refused(await customer(daemon, "m1", "m1"))  # its own write failed: never 500
         found = await health(daemon)
@@ -184,11 +187,7 @@ async def test_events_accepted_while_a_write_is_refused_are_routed_in_order_afte
     await daemon.customer("a1", "a1")
     await daemon.customer("b1", "b1", user="u2")
     await peers.bot.wait_for(2)
-    with db(tmp_path / DB) as conn:
-        conn.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON deliveries "
-            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        )
+    await execute(tmp_path / DB, REFUSE_DELIVERIES)
     # One write refused for what it holds: the store still commits, so intake goes on.
     for i in range(2, 6):
         assert (await customer(daemon, f"a{i}", f"a{i}"))[0] == 202
@@ -196,8 +195,7 @@ async def test_events_accepted_while_a_write_is_refused_are_routed_in_order_afte
     found = await until_health(daemon, "degraded")
     assert (found["store"], found["routing"], found["intake"]) == ("ok", "held", "open")
     assert len(peers.bot.bodies) == 2
-    with db(tmp_path / DB) as conn:
-        conn.execute("DROP TRIGGER refuse")
+    await execute(tmp_path / DB, "DROP TRIGGER refuse")
     await advance(daemon, clock, 1)
     await until_health(daemon, "ok")
     assert (await customer(daemon, "a6", "a6"))[0] == 202
@@ -265,16 +263,11 @@ async def test_customers_writing_through_failures_and_recoveries_lose_and_repeat
 
     senders = asyncio.gather(*(send(user) for user in users))
     for n in range(3):
-        with db(tmp_path / DB) as conn:
-            conn.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON deliveries "
-                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
+        await execute(tmp_path / DB, REFUSE_DELIVERIES)
         # One more delivery to write, should the customers already be done.
         assert (await customer(daemon, "poke", f"poke-{n}", "poker"))[0] == 202
         await until_health(daemon, "degraded")
-        with db(tmp_path / DB) as conn:
-            conn.execute("DROP TRIGGER refuse")
+        await execute(tmp_path / DB, "DROP TRIGGER refuse")
         await advance(daemon, clock, 60)
         await until_health(daemon, "ok")
     await senders

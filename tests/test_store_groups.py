@@ -1,6 +1,7 @@
 """The store's group commit: quick writes run their statements on the loop and only the
 COMMIT on the writer thread, yet a lock held elsewhere never stalls the loop, a work that
-raises fails alone, and `drain` waits for every write made before it.
+raises fails alone, and `drain` waits for every write made before it. An early write (an
+intake row) is acted on before its commit, which waits a hop for what follows from it.
 
 Each test opens a real store on disk, on the test's own loop, below the daemon.
 """
@@ -100,38 +101,119 @@ async def test_quick_and_other_writes_commit_in_the_order_they_were_made(store: 
     assert await notes(store) == [1, 2, 3, 4, 5, 6]
 
 
-async def test_writes_made_by_what_a_commit_settles_join_the_group_right_after_it(
+def commit_sizes(metrics: Metrics) -> list[float]:
+    """How many writes each commit held, as one histogram's count and sum."""
+    found = {
+        s.name: s.value
+        for m in metrics.registry.collect()
+        if m.name == "router_store_commit_batch_size"
+        for s in m.samples
+        if s.name.endswith(("_count", "_sum"))
+    }
+    return [
+        found["router_store_commit_batch_size_count"],
+        found["router_store_commit_batch_size_sum"],
+    ]
+
+
+async def test_writes_set_off_by_an_early_write_join_its_group_and_its_commit(
     tmp_path: Path,
 ) -> None:
-    """A message's next step (told to an actor once its intake row is durable, written in
-    that actor's turn) goes to disk in the group after the row's, not one later: the next
-    group waits for the turns that the settled writes set off."""
+    """An intake row's `then` routes its event; the step that follows, written in an actor's
+    turn a hop later, goes to disk in the same commit as the row, and nothing settles
+    before both are durable."""
     metrics = Metrics()
     store = Store(tmp_path / "router.db", metrics)
     store.open()
     await store.write(lambda c: c.execute("CREATE TABLE notes (n INTEGER PRIMARY KEY)"))
     loop = asyncio.get_running_loop()
-    later: list[asyncio.Future[Any]] = []
+    seen: list[object] = []
+    step: list[asyncio.Future[Any]] = []
 
-    def next_step(_: object) -> None:  # the handler tells an actor; its turn comes after
-        loop.call_soon(lambda: later.append(store.write(note(3), quick=True)))
+    def route(result: object) -> None:  # an actor's turn comes in a callback after this one
+        seen.append(result)
+        loop.call_soon(lambda: step.append(store.write(note(2), quick=True)))
 
-    row = store.write(note(1), quick=True)
-    row.add_done_callback(next_step)
-    await asyncio.sleep(0)  # the group holding the row is on its way to disk
-    waiting = store.write(note(2), quick=True)  # made meanwhile: the next group
-    await asyncio.gather(row, waiting)
+    row = store.write_early(note(1), route)
+    for _ in range(2):
+        await asyncio.sleep(0)
+    assert seen == [1] and not row.done()  # routed before it is durable
+    assert await row == 1
     await store.drain()
-    assert [future.result() for future in later] == [1]
-    sizes = [
-        s.value
-        for m in metrics.registry.collect()
-        if m.name == "router_store_commit_batch_size"
-        for s in m.samples
-        if s.name.endswith("_count")
-    ]
-    assert sizes == [3.0]  # the table, the row, then the waiting write and the step together
+    assert [future.result() for future in step] == [1]
+    assert commit_sizes(metrics) == [2.0, 3.0]  # the table; then the row and its step
     await loop.run_in_executor(None, store.close)
+
+
+async def test_an_early_write_that_does_not_land_takes_what_followed_with_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was routed from a row that never reached the disk must not land either: the
+    router is told first (it fences its actors), then every write queued behind fails."""
+    told: list[BaseException] = []
+    store.on_ran_ahead = told.append
+    loop = asyncio.get_running_loop()
+    behind: list[asyncio.Future[Any]] = []
+
+    def route(_: object) -> None:
+        loop.call_soon(lambda: behind.append(store.write(note(3), quick=True)))
+        behind.append(store.write(lambda c: c.execute("SELECT 1").fetchall()))  # not quick
+
+    def broken_disk() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_check_file", broken_disk)
+    row = store.write_early(note(1), route)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        await row
+    assert [str(error) for error in told] == ["disk I/O error"]
+    for future in behind:
+        with pytest.raises(sqlite3.OperationalError):
+            await future
+    monkeypatch.undo()
+    assert await store.write(note(4), quick=True) == 1
+    assert await notes(store) == [4]
+
+
+async def test_an_early_write_that_cannot_run_on_the_loop_is_acted_on_once_durable(
+    store: Store, tmp_path: Path
+) -> None:
+    seen: list[object] = []
+    holder = sqlite3.connect(tmp_path / "router.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the loop's BEGIN fails: the writer thread waits
+        row = store.write_early(note(1), seen.append)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert seen == [] and not row.done()
+        holder.execute("ROLLBACK")
+        assert await row == 1
+    finally:
+        holder.close()
+    await asyncio.sleep(0)
+    assert seen == [1]
+
+
+async def test_a_late_write_that_raises_leaves_the_early_ones_and_goes_on_alone(
+    store: Store,
+) -> None:
+    loop = asyncio.get_running_loop()
+    late: list[asyncio.Future[Any]] = []
+
+    def route(_: object) -> None:
+        def step() -> None:
+            late.append(
+                store.write(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"), quick=True)
+            )
+            late.append(store.write(note(2), quick=True))
+
+        loop.call_soon(step)
+
+    assert await store.write_early(note(1), route) == 1
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await late[0]
+    assert await late[1] == 1
+    assert await notes(store) == [1, 2]
 
 
 async def test_a_fault_of_the_stores_own_fails_the_group_and_the_writer_goes_on(

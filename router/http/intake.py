@@ -57,8 +57,23 @@ class Intake:
         write = InboxDone(inbox_id, status)
         await self.store.write(lambda conn: apply_writes(conn, (write,)), quick=True)
 
+    def route_channel_now(self, asset: AssetConfig, event: ChannelInput, inbox_id: int) -> bool:
+        """Route an event that needs nothing but its rule, without waiting: a customer's
+        message to its conversation. False when it needs `route_channel`: no rule takes it,
+        or it is a delivery report, whose sender is looked up."""
+        if event.event == "Message Delivery":
+            return False
+        route = route_channel_event(self.config, asset)
+        if route is None:
+            return False
+        customer = CustomerEvent(inbox_id, event.event, event.message_id, event.fields)
+        self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer, True))
+        return True
+
     async def route_channel(self, asset: AssetConfig, event: ChannelInput, inbox_id: int) -> bool:
         """False when no rule of the asset's service takes the event; it is kept as unrouted."""
+        if self.route_channel_now(asset, event, inbox_id):
+            return True
         route = route_channel_event(self.config, asset)
         if route is None:
             _log.warning(
@@ -70,18 +85,16 @@ class Intake:
             )
             await self.finish(inbox_id, "unrouted")
             return False
+        # A report belongs to the conversation that sent the message, even a closed one: it
+        # must not open a new conversation.
         customer = CustomerEvent(inbox_id, event.event, event.message_id, event.fields)
-        if event.event == "Message Delivery":
-            # A report belongs to the conversation that sent the message, even a closed one:
-            # it must not open a new conversation.
-            sender = await self.store.read(
-                lambda conn: outbound_conversation(conn, asset.id, event.user, event.message_id)
-            )
-            if sender is not None:
-                self.core.tell(ToConversation(sender.conversation_id, customer))
-                return True
-        opens = event.event != "Message Delivery"
-        self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer, opens))
+        sender = await self.store.read(
+            lambda conn: outbound_conversation(conn, asset.id, event.user, event.message_id)
+        )
+        if sender is not None:
+            self.core.tell(ToConversation(sender.conversation_id, customer))
+            return True
+        self.core.tell(RouteChannel(route, asset.id, asset.channel, event.user, customer, False))
         return True
 
     async def check_bot(

@@ -6,10 +6,11 @@ it is on disk; routing happens after, by message.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 from aiohttp import web
@@ -99,6 +100,7 @@ def _refusal(exc: Exception) -> str:
 
 
 ACCEPTED = {"accepted": True}
+T = TypeVar("T")
 
 
 async def _store(
@@ -111,6 +113,32 @@ async def _store(
         return await router.store.write(
             lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now), quick=True
         )
+    except sqlite3.Error as exc:
+        raise unavailable(exc) from None
+
+
+def _store_early(
+    router: Router,
+    source: str,
+    source_id: str,
+    dedupe: str | None,
+    body: object,
+    then: Callable[[tuple[int, bool]], None],
+) -> asyncio.Future[tuple[int, bool]]:
+    """`_store`, with `then` called on (inbox id, duplicate) as soon as the row is written
+    inside its group: an event routed there has its conversation's step join the same
+    commit. The answer still waits for the commit."""
+    router.store_gate.admit()
+    raw = orjson.dumps(body)
+    now = router.clock.now()
+    return router.store.write_early(
+        lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now), then
+    )
+
+
+async def _stored(written: Awaitable[T]) -> T:
+    try:
+        return await written
     except sqlite3.Error as exc:
         raise unavailable(exc) from None
 
@@ -146,12 +174,22 @@ async def channel_event(request: web.Request, tally: Tally) -> web.Response:
     request.app[RATES].check("asset", asset.id)
     body = await read_json(request)
     event = parse_channel(body)
-    inbox_id, duplicate = await _store(router, "channel", asset.id, event.dedupe_key, body)
+    intake = router.intake
+    assert intake is not None
+    routed: list[bool] = []
+
+    def route(stored: tuple[int, bool]) -> None:
+        inbox_id, duplicate = stored
+        if not duplicate:
+            routed.append(intake.route_channel_now(asset, event, inbox_id))
+
+    stored = _store_early(router, "channel", asset.id, event.dedupe_key, body, route)
+    inbox_id, duplicate = await _stored(stored)
     if duplicate:
         tally.result = "duplicate"
         return json_response({"accepted": True, "duplicate": True}, status=200)
-    assert router.intake is not None
-    if not await router.intake.route_channel(asset, event, inbox_id):
+    # Not routed yet: it needs a read or a write first, now that it is stored.
+    if not (routed and routed[0]) and not await intake.route_channel(asset, event, inbox_id):
         tally.result = "unrouted"
     return json_response(ACCEPTED, status=202)
 

@@ -121,6 +121,9 @@ class IoEdge:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.client = Http1Client(user_agent=USER_AGENT)
+        # Intake routes an event as soon as its row is written, before the commit; if that
+        # commit fails, what followed from it must not land, nor be carried out.
+        self.store.on_ran_ahead = lambda error: self._fence("intake_commit_failed", str(error))
 
     def quiesce(self) -> None:
         """No more timers: retries due during shutdown resume from the store next start."""

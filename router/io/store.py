@@ -39,6 +39,10 @@ from router.io.records import beat
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
 Batch = list[tuple[Work, "asyncio.Future[Any]"]]
+# A pending write: its work, the future that settles once it is durable, whether it is
+# quick, and what to call with its result as soon as it has run inside its group
+# (`write_early`).
+Pending = tuple[Work, "asyncio.Future[Any]", bool, "Callable[[Any], None] | None"]
 GROUP_LIMIT = 512
 READ_BATCH = 64
 # How long a group waits for a write lock another process holds before it fails as locked.
@@ -232,7 +236,14 @@ class Store:
         self.busy_timeout_s = BUSY_TIMEOUT_S
         # Owned by the loop: writes waiting for the next group, and whether a group is on
         # its way to disk (the write connection is the writer thread's until it lands).
-        self._pending: deque[tuple[Work, asyncio.Future[Any], bool]] = deque()
+        self._pending: deque[Pending] = deque()
+        # The quick group whose statements have run on the loop and whose COMMIT waits a
+        # moment for the writes that follow from it (`_seal`).
+        self._open: tuple[Batch, list[Outcome], float] | None = None
+        # Called on the loop, before anything else hears of it, when a group fails whose
+        # writes were made known before their commit (`write_early`).
+        self.on_ran_ahead: Callable[[BaseException], None] = lambda error: None
+        self._ran_early: set[asyncio.Future[Any]] = set()  # durable futures of such writes
         self._quick = False  # whether quick groups may run their statements on the loop
         self._closed = False
         self._busy = False
@@ -288,9 +299,32 @@ class Store:
         if self._closed:
             future.set_exception(_closed_store())
             return future
-        self._pending.append((work, future, quick))
+        self._pending.append((work, future, quick, None))
         if not self._busy and self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
+        return future
+
+    def write_early(
+        self, work: Callable[[sqlite3.Connection], T], then: Callable[[T], None]
+    ) -> asyncio.Future[T]:
+        """A quick write whose result is acted on before it is durable.
+
+        `then` is called on the loop with the work's result as soon as the work has run
+        inside its group, before the COMMIT, which waits a loop hop for what `then` set off
+        (an event routed to its conversation, whose step is written in time to join the same
+        group and the same fsync). Nothing outside the process may hear of it before the
+        future settles. If the group fails, `on_ran_ahead` is called first and every write
+        queued behind it fails too: they may follow from a write that is not on disk. A
+        group that cannot run on the loop calls `then` once it is durable instead.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(_closed_store())
+            return future
+        self._pending.append((work, future, True, then))
+        future.add_done_callback(lambda done: self._then_late(done, then))
+        if not self._busy and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         return future
 
     async def drain(self) -> None:
@@ -416,26 +450,104 @@ class Store:
             return
         if self._conn is None or self._closed:  # nothing will commit these any more
             while self._pending:
-                _, future, _ = self._pending.popleft()
+                _, future, _, _ = self._pending.popleft()
                 if not future.done():
                     future.set_exception(_closed_store())
             self._wake_drained()
             return
         size = min(len(self._pending), GROUP_LIMIT)
         taken = [self._pending.popleft() for _ in range(size)]
-        batch: Batch = [(work, future) for work, future, _ in taken]
+        batch: Batch = [(work, future) for work, future, _, _ in taken]
         self._busy = True
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        if self._quick and all(quick for _, _, quick in taken):
+        if self._quick and all(quick for _, _, quick, _ in taken):
             outcomes = self._statements(self._conn, batch)
             if isinstance(outcomes, list):
-                self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop))
+                self._open = (batch, outcomes, started)
+                if self._ran(taken, outcomes):
+                    # The COMMIT waits a hop: the actors told by what just ran take their
+                    # turns, and their writes (an event's step, behind its row) join it.
+                    loop.call_soon(self._seal)
+                else:
+                    self._seal()
                 return
             if outcomes is _RAISED:  # one work raised: straight to a savepoint each
                 self._queue.put(lambda: self._commit(batch, started, loop, apart=True))
                 return
         self._queue.put(lambda: self._commit(batch, started, loop))
+
+    def _seal(self) -> None:
+        """Run the quick writes queued since the group's statements, in order, inside the
+        same transaction, then hand its COMMIT to the writer thread."""
+        assert self._open is not None and self._conn is not None
+        batch, outcomes, started = self._open
+        self._open = None
+        loop = asyncio.get_running_loop()
+        joining: list[Pending] = []
+        while self._pending and self._pending[0][2] and len(batch) + len(joining) < GROUP_LIMIT:
+            joining.append(self._pending.popleft())
+        if joining and not self._closed:
+            more = self._joined(self._conn, [(work, future) for work, future, _, _ in joining])
+            if more is None:  # one raised: they go to the next group, done the careful way
+                self._pending.extendleft(reversed(joining))
+            else:
+                self._ran(joining, more)
+                batch = batch + [(work, future) for work, future, _, _ in joining]
+                outcomes = outcomes + more
+        elif joining:
+            self._pending.extendleft(reversed(joining))
+        self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop))
+
+    def _ran(self, taken: list[Pending], outcomes: list[Outcome]) -> bool:
+        """Call the `then` of each early write that ran; whether there was any."""
+        early = False
+        for (_, future, _, then), (_, result, _) in zip(taken, outcomes, strict=True):
+            if then is not None:
+                early = True
+                self._ran_early.add(future)
+                self._call(then, result)
+        return early
+
+    def _then_late(self, done: asyncio.Future[Any], then: Callable[[Any], None]) -> None:
+        if done in self._ran_early or done.cancelled() or done.exception() is not None:
+            self._ran_early.discard(done)
+            return
+        self._call(then, done.result())
+
+    def _call(self, then: Callable[[Any], None], result: Any) -> None:
+        try:
+            then(result)
+        except Exception:  # the caller's, not the store's: the group goes on
+            self._log.exception("store_then_failed")
+
+    def _ran_ahead(self, error: BaseException) -> None:
+        """A group failed whose writes were made known before their commit: whatever
+        followed from them is queued behind it, or made from now on, and must not land."""
+        self.on_ran_ahead(error)
+        while self._pending:
+            _, future, _, _ = self._pending.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def _joined(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | None:
+        """Late writes in a savepoint of the open transaction: one that raises takes only
+        them back, never the writes already made known."""
+        try:
+            conn.execute("SAVEPOINT joining")
+        except sqlite3.Error:
+            return None
+        outcomes: list[Outcome] = []
+        for work, future in batch:
+            try:
+                outcomes.append((future, work(conn), None))
+            except Exception:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO joining")
+                    conn.execute("RELEASE joining")
+                return None
+        conn.execute("RELEASE joining")
+        return outcomes
 
     def _statements(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | object:
         """The group's statements, inside its transaction; `_BUSY` when the lock is held
@@ -457,20 +569,16 @@ class Store:
         return outcomes
 
     def _committed(self, outcomes: list[Outcome]) -> None:
+        failed = next((error for _, _, error in outcomes if error is not None), None)
+        if failed is not None and any(future in self._ran_early for future, _, _ in outcomes):
+            self._ran_ahead(failed)
         _settle_all(outcomes)
         self._busy = False
         if self._pending:
-            # Not at once: what just settled wakes its waiters, and they tell actors, whose
-            # turns run in a callback scheduled after this one. Two hops later, the writes
-            # those turns make (a message's next step, right behind its intake row) join the
-            # next group instead of waiting a whole commit for the one after it.
             if self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._wake_drained()
-
-    def _flush_soon(self) -> None:
-        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _wake_drained(self) -> None:
         waiters, self._drained = self._drained, []

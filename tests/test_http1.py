@@ -239,3 +239,106 @@ async def test_idle_connections_close_after_a_while_and_all_close_with_the_clien
         await asyncio.wait_for(second.ended.wait(), 5)
         with pytest.raises(PeerClosed, match="closed"):
             await client.post(url_2, JSON, b"{}", timeout=5, cap=64)
+
+
+def endless(head: bytes, filler: bytes) -> Peer:
+    """Answers with `head`, then sends `filler` for as long as the client listens."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(head)
+        while not reader.at_eof() and not writer.is_closing():
+            writer.write(filler * 64)
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    return peer
+
+
+@pytest.mark.parametrize(
+    ("head", "filler", "error", "text"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Long: ", b"a", BadAnswer, "answer headers past 65536 bytes"),
+        (b"HTTP/1.1 200 OK\r\n", b"X-Many: 1\r\n", BadAnswer, "more than 128 headers"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX-T: ",
+            b"a",
+            AnswerTooLarge,
+            "answer larger than 64 bytes",
+        ),
+    ],
+    ids=["endless-header", "endless-headers", "endless-trailer"],
+)
+async def test_a_head_or_trailers_without_end_fail_long_before_the_deadline(
+    client: Http1Client, head: bytes, filler: bytes, error: type[Exception], text: str
+) -> None:
+    async with RawPeer(endless(head, filler)) as url:
+        with pytest.raises(error, match=text):
+            await client.post(url, JSON, b"{}", timeout=30, cap=64)
+
+
+async def test_trailers_never_replace_headers(client: Http1Client) -> None:
+    answer = (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\nRetry-After: 9999\r\n\r\n"
+    )
+    async with RawPeer(answering(answer)) as url:
+        reply = await client.post(url, JSON, b"{}", timeout=5, cap=64)
+    assert (reply.status, reply.headers["retry-after"]) == (429, "5")
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # No body follows a 204, whatever length it declares.
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 100000\r\n\r\n", (204, b"")),
+        # A coding other than chunked last: the body ends at the close.
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzipped", (200, b"zipped")),
+    ],
+)
+async def test_bodies_end_where_http_says(
+    client: Http1Client, answer: bytes, expected: tuple[int, bytes]
+) -> None:
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+
+    async with RawPeer(peer) as url:
+        assert (await client.post(url, JSON, b"{}", timeout=5, cap=64))[::2] == expected
+
+
+async def test_a_peer_that_switches_protocols_fails_the_call(client: Http1Client) -> None:
+    answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nxx"
+    async with RawPeer(answering(answer)) as url:
+        with pytest.raises(BadAnswer, match="switched protocols"):
+            await client.post(url, JSON, b"{}", timeout=5, cap=64)
+
+
+async def test_a_password_without_a_user_is_still_sent(client: Http1Client) -> None:
+    heads: list[bytes] = []
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        heads.append(head)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async with RawPeer(peer) as url:
+        await client.post(url.replace("http://", "http://:key@"), JSON, b"{}", timeout=5, cap=64)
+    assert b"Authorization: Basic " + base64.b64encode(b":key") in heads[0]
+
+
+async def test_closing_the_client_fails_an_answer_that_ends_at_the_close() -> None:
+    client = Http1Client(user_agent="test")
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart")
+        await reader.read()
+
+    async with RawPeer(peer) as url:
+        call = asyncio.ensure_future(client.post(url, JSON, b"{}", timeout=5, cap=64))
+        while not any(c._received for c in client._live):  # the answer has begun to arrive
+            await asyncio.sleep(0.01)
+        await client.close()
+        with pytest.raises(PeerClosed, match="closed by the router"):
+            await call

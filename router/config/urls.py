@@ -44,7 +44,7 @@ def _valid_host(host: str) -> bool:
 
 
 def has_credentials(value: str) -> bool:
-    """Whether the URL carries user:password@ (which aiohttp sends as Basic auth)."""
+    """Whether the URL carries user:password@ (which deliveries send as Basic auth)."""
     return "@" in urlsplit(value).netloc
 
 

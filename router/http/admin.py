@@ -165,8 +165,8 @@ def _check_url(value: str) -> None:
     if problem is not None:
         raise bad_request(f"url {problem}")
     if has_credentials(value):
-        # aiohttp refuses credentials in the URL next to an Authorization header, and an
-        # integration always sends its access token in one.
+        # Credentials in the URL are sent as Basic auth, which cannot stand beside the
+        # Authorization header an integration's access token always goes in.
         raise bad_request("url must not carry user:password@; the access token authenticates")
 
 

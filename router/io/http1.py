@@ -20,6 +20,8 @@ import httptools
 from yarl import URL
 
 IDLE_S = 15.0  # an idle connection is closed after this long: the peer may have forgotten it
+HEAD_LIMIT = 64 * 1024  # an answer's status line and headers, with any interim answers
+MAX_HEADERS = 128  # headers and trailers of one answer
 _TARGETS_KEPT = 1024  # parsed URLs remembered; a bot's URL is parsed once, not per message
 
 
@@ -73,8 +75,8 @@ def _target(url: str) -> _Target:
     _check(path + host)
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
     auth = None
-    if parsed.user is not None:
-        pair = f"{parsed.user}:{parsed.password or ''}".encode()
+    if parsed.user is not None or parsed.password is not None:
+        pair = f"{parsed.user or ''}:{parsed.password or ''}".encode("latin-1")  # as aiohttp
         auth = "Basic " + base64.b64encode(pair).decode("ascii")
     return _Target(origin, head.encode("latin-1"), auth)
 
@@ -99,6 +101,12 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._until_close = False  # an answer with neither a length nor chunks ends at EOF
         self._keep = False
+        # What the parser may hold before a callback sees it is bounded by bytes on the
+        # wire: the head until its end, and everything (framing, trailers) within a budget.
+        self._head_done = False
+        self._received = 0
+        self._budget = 0
+        self._count = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -110,10 +118,19 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None:
             self.abort()  # bytes nobody asked for: the connection can no longer be trusted
             return
+        self._received += len(data)
+        if self._received > self._budget:
+            self._fail(AnswerTooLarge(self._cap))
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserUpgrade:
+            self._fail(BadAnswer("the peer switched protocols"))
+        except Exception as exc:  # the parser's error, or one raised in a callback
             self._fail(BadAnswer(f"malformed answer: {exc}"))
+        else:
+            if not self._head_done and self._received > HEAD_LIMIT:
+                self._fail(BadAnswer(f"answer headers past {HEAD_LIMIT} bytes"))
 
     def eof_received(self) -> bool:
         return False
@@ -137,19 +154,24 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._count += 1
+        if self._count > MAX_HEADERS:
+            self._fail(BadAnswer(f"answer with more than {MAX_HEADERS} headers"))
+        elif not self._head_done:  # a trailer never stands in for a header
+            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             return
+        self._head_done = True
+        bodiless = status in (204, 304)
         length = self._headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self._cap:
+        if not bodiless and length is not None and length.isdigit() and int(length) > self._cap:
             self._fail(AnswerTooLarge(self._cap))
             return
-        self._until_close = (
-            length is None and "transfer-encoding" not in self._headers and status not in (204, 304)
-        )
+        coding = self._headers.get("transfer-encoding", "").rsplit(",", 1)[-1].strip().lower()
+        self._until_close = not bodiless and length is None and coding != "chunked"
 
     def on_body(self, body: bytes) -> None:
         self._body += body
@@ -173,6 +195,11 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._until_close = False
         self._keep = False
+        self._head_done = False
+        self._received = 0
+        # The body's cap, with room for its head, its chunks' framing and its trailers.
+        self._budget = 2 * cap + HEAD_LIMIT
+        self._count = 0
         self.transport.write(data)
         return waiter
 
@@ -199,7 +226,11 @@ class _Connection(asyncio.Protocol):
         )
 
     def abort(self) -> None:
+        """Drop the connection; an answer still awaited fails (one that ends at the close
+        must not pass for complete because the router closed it)."""
         self.closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(PeerClosed("connection closed by the router"))
         if self.transport is not None:
             self.transport.abort()
 
@@ -212,7 +243,9 @@ class Http1Client:
     def __init__(
         self, *, user_agent: str, idle_s: float = IDLE_S, ssl_context: ssl.SSLContext | None = None
     ) -> None:
-        self._agent = f"User-Agent: {user_agent}\r\nAccept-Encoding: identity\r\n".encode()
+        self._agent = (
+            f"User-Agent: {user_agent}\r\nAccept: */*\r\nAccept-Encoding: identity\r\n".encode()
+        )
         self._idle_s = idle_s
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._live: set[_Connection] = set()
@@ -245,36 +278,42 @@ class Http1Client:
             (
                 target.request_line,
                 self._agent,
-                lines.encode("latin-1"),
+                lines.encode(),
                 b"Content-Length: %d\r\n\r\n" % len(body),
                 body,
             )
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        connection = self._take(target.origin)
+        connection = self._take(target.origin, loop.time())
         if connection is None:
             async with asyncio.timeout_at(deadline):
                 connection = await self._connect(target.origin)
-        answer = connection.send(data, cap)
-        timer = loop.call_at(deadline, _expire, answer)
+        timer: asyncio.TimerHandle | None = None
         try:
+            if self._closed:
+                raise PeerClosed("the client is closed")
+            answer = connection.send(data, cap)
+            timer = loop.call_at(deadline, _expire, answer)
             reply = await answer
         except BaseException:
             connection.abort()
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._live.discard(connection)
         if connection.reusable():
             self._give_back(connection, loop)
         return reply
 
-    def _take(self, origin: _Origin) -> _Connection | None:
+    def _take(self, origin: _Origin, now: float) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
-            if connection.reusable():
+            if connection.idle_since <= now - self._idle_s:
+                connection.abort()  # too long idle: the peer may be closing it right now
+            elif connection.reusable():
                 self._live.add(connection)
                 return connection
         return None
@@ -288,7 +327,15 @@ class Http1Client:
             context = self._ssl
         try:
             _, connection = await loop.create_connection(
-                lambda: _Connection(origin), origin.host, origin.port, ssl=context
+                lambda: _Connection(origin),
+                origin.host,
+                origin.port,
+                ssl=context,
+                # A certificate names the host without the root's trailing dot.
+                server_hostname=origin.host.rstrip(".") if context else None,
+                # A host with an address family that cannot be reached falls back quickly.
+                happy_eyeballs_delay=0.25,
+                interleave=1,
             )
         except OSError as exc:
             raise CannotConnect(f"cannot connect to {origin.host}:{origin.port}: {exc}") from exc
@@ -327,7 +374,7 @@ class Http1Client:
         for connection in list(self._live):
             connection.abort()
         self._live.clear()
-        await asyncio.sleep(0)  # each transport's connection_lost runs before the loop may end
+        await asyncio.sleep(0)  # a plain transport's connection_lost runs before this returns
 
 
 def _expire(answer: asyncio.Future[Reply]) -> None:

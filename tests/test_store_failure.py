@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from tests.clock import ManualClock
@@ -283,3 +284,43 @@ async def test_customers_writing_through_failures_and_recoveries_lose_and_repeat
         # (the same delivery, by its webhook-id), right after itself; never routed twice.
         once = [item for n, item in enumerate(got) if n == 0 or got[n - 1] != item]
         assert [message for message, _ in once] == [f"{user}:{i}" for i in range(count)], got
+
+
+async def test_a_message_whose_commit_fails_after_it_was_routed_is_never_sent_and_comes_again(
+    start_router: StartRouter, peers: Peers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its row and its step were written, and its conversation had moved on, but the COMMIT
+    failed (an fsync error, which cannot be made here: the file check before the COMMIT
+    fails instead). The sender hears 503, the bot nothing, and the message sent again
+    arrives once."""
+    clock = ManualClock()
+    daemon = await start_router(clock=clock)
+    store = daemon.router.store
+    check_file = store._check_file
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def once() -> None:
+        if failures:
+            raise failures.pop()
+        check_file()
+
+    monkeypatch.setattr(store, "_check_file", once)
+    with capture_logs() as logs:
+        assert_refused(await customer(daemon, "m1", "m1"))
+        await until_health(daemon, "degraded")
+    assert any(e["event"] == "intake_commit_failed" for e in logs)
+    await advance(daemon, clock, 1)
+    await until_health(daemon, "ok")
+    assert (await customer(daemon, "m1", "m1"))[0] == 202
+    [got] = await peers.bot.wait_for(1)
+    assert got["Message"] == "m1"
+    [row] = await execute(daemon.router.store.path, "SELECT status FROM inbox")
+    assert row[0] == "done"
+
+    cid = str(got["Conversationid"])
+
+    async def settled() -> bool:
+        return (await daemon.conversation(cid))["deliveries"] == []
+
+    await daemon.until(settled)  # its answer is recorded: nothing is owed to the bot
+    assert [r.body["Message"] for r in peers.bot.received] == ["m1"]

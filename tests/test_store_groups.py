@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from router.io.metrics import Metrics
-from router.io.store import Store
+from router.io.store import RanAhead, Store
 
 
 @pytest.fixture
@@ -101,6 +101,40 @@ async def test_quick_and_other_writes_commit_in_the_order_they_were_made(store: 
     assert await notes(store) == [1, 2, 3, 4, 5, 6]
 
 
+async def test_writes_made_by_what_a_commit_settles_join_the_group_right_after_it(
+    tmp_path: Path,
+) -> None:
+    """A bot event's step (told to an actor once its row is durable, written in that actor's
+    turn) goes to disk in the group after the row's, not one later: the next group waits
+    for the turns that the settled writes set off."""
+    metrics = Metrics()
+    store = Store(tmp_path / "router.db", metrics)
+    store.open()
+    await store.write(lambda c: c.execute("CREATE TABLE notes (n INTEGER PRIMARY KEY)"))
+    loop = asyncio.get_running_loop()
+    later: list[asyncio.Future[Any]] = []
+
+    def next_step(_: object) -> None:  # the handler tells an actor; its turn comes after
+        loop.call_soon(lambda: later.append(store.write(note(3), quick=True)))
+
+    row = store.write(note(1), quick=True)
+    row.add_done_callback(next_step)
+    await asyncio.sleep(0)  # the group holding the row is on its way to disk
+    waiting = store.write(note(2), quick=True)  # made meanwhile: the next group
+    await asyncio.gather(row, waiting)
+    await store.drain()
+    assert [future.result() for future in later] == [1]
+    sizes = [
+        s.value
+        for m in metrics.registry.collect()
+        if m.name == "router_store_commit_batch_size"
+        for s in m.samples
+        if s.name.endswith("_count")
+    ]
+    assert sizes == [3.0]  # the table, the row, then the waiting write and the step together
+    await loop.run_in_executor(None, store.close)
+
+
 def commit_sizes(metrics: Metrics) -> list[float]:
     """How many writes each commit held, as one histogram's count and sum."""
     found = {
@@ -168,7 +202,7 @@ async def test_an_early_write_that_does_not_land_takes_what_followed_with_it(
         await row
     assert [str(error) for error in told] == ["disk I/O error"]
     for future in behind:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(RanAhead, match="disk I/O error"):
             await future
     monkeypatch.undo()
     assert await store.write(note(4), quick=True) == 1
@@ -243,3 +277,22 @@ async def test_a_write_or_read_after_close_fails_instead_of_waiting_for_ever(
         await closed.write(lambda c: None, quick=True)
     with pytest.raises(sqlite3.ProgrammingError):
         await closed.read(lambda c: None)
+
+
+async def test_an_early_write_whose_waiter_gave_up_still_fences_what_followed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler cancelled at shutdown cancels the future it awaits: the group still knows
+    that its rows were acted on."""
+    told: list[BaseException] = []
+    store.on_ran_ahead = told.append
+
+    def broken_disk() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_check_file", broken_disk)
+    row = store.write_early(note(1), lambda _: None)
+    await asyncio.sleep(0)
+    row.cancel()
+    await store.drain()
+    assert [str(error) for error in told] == ["disk I/O error"]

@@ -1,7 +1,8 @@
 """The public port: channel adapters, bots and CCSPs post their events here.
 
 Every handler checks the caller and the body first, stores the event, and answers only once
-it is on disk; routing happens after, by message.
+it is on disk; routing is by message. A customer's message is routed as soon as its row is
+written inside its group, so that its step joins the same commit; the others once durable.
 """
 
 from __future__ import annotations

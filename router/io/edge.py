@@ -233,7 +233,8 @@ class IoEdge:
             return
         error = done.exception()
         if error is not None:
-            self.store.health.read_failed(error)
+            if not isinstance(error, WriteRefused):  # refused, not failed: nothing to count
+                self.store.health.read_failed(error)
             self._fence("store_read_failed", str(error))  # the handover waits for recovery
             return
         with contextlib.suppress(pykka.ActorDeadError):

@@ -9,6 +9,12 @@ caller's work raises, the group is committed again on the thread, each work insi
 savepoint, so that one bad write fails alone. Reads use a second connection on a second
 thread; WAL lets them see every commit without waiting for the writer.
 
+An early write (`write_early`: a customer message's intake row) is acted on as soon as it
+has run inside its group, and that group's COMMIT waits one loop hop, so that the writes it
+set off (the message's step) join the same transaction and the same fsync. If such a group
+fails, the router hears of it first (`on_ran_ahead`: it fences its actors) and every write
+queued behind it is refused (`RanAhead`).
+
 Every failed write is counted in `health`; one the store is to blame for (full disk, I/O
 error, read-only or locked file, or the file deleted or replaced, checked before each
 commit) makes it failing until the daemon's recovery has seen a commit succeed.
@@ -42,7 +48,24 @@ Batch = list[tuple[Work, "asyncio.Future[Any]"]]
 # A pending write: its work, the future that settles once it is durable, whether it is
 # quick, and what to call with its result as soon as it has run inside its group
 # (`write_early`).
-Pending = tuple[Work, "asyncio.Future[Any]", bool, "Callable[[Any], None] | None"]
+Pending = tuple[Work, "asyncio.Future[Any]", bool, "_Then | None"]
+
+
+class _Then:
+    """An early write's `then`, called once: inside its group, or once durable."""
+
+    __slots__ = ("call", "called")
+
+    def __init__(self, call: Callable[[Any], None]) -> None:
+        self.call = call
+        self.called = False
+
+
+class RanAhead(WriteRefused):
+    """Refused: queued behind a group whose rows were acted on before their commit, and
+    that commit failed. What follows from those rows must not land."""
+
+
 GROUP_LIMIT = 512
 READ_BATCH = 64
 # How long a group waits for a write lock another process holds before it fails as locked.
@@ -239,11 +262,10 @@ class Store:
         self._pending: deque[Pending] = deque()
         # The quick group whose statements have run on the loop and whose COMMIT waits a
         # moment for the writes that follow from it (`_seal`).
-        self._open: tuple[Batch, list[Outcome], float] | None = None
+        self._open: tuple[Batch, list[Outcome], float, bool] | None = None
         # Called on the loop, before anything else hears of it, when a group fails whose
         # writes were made known before their commit (`write_early`).
         self.on_ran_ahead: Callable[[BaseException], None] = lambda error: None
-        self._ran_early: set[asyncio.Future[Any]] = set()  # durable futures of such writes
         self._quick = False  # whether quick groups may run their statements on the loop
         self._closed = False
         self._busy = False
@@ -321,8 +343,9 @@ class Store:
         if self._closed:
             future.set_exception(_closed_store())
             return future
-        self._pending.append((work, future, True, then))
-        future.add_done_callback(lambda done: self._then_late(done, then))
+        once = _Then(then)
+        self._pending.append((work, future, True, once))
+        future.add_done_callback(lambda done: self._then_late(done, once))
         if not self._busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         return future
@@ -464,8 +487,9 @@ class Store:
         if self._quick and all(quick for _, _, quick, _ in taken):
             outcomes = self._statements(self._conn, batch)
             if isinstance(outcomes, list):
-                self._open = (batch, outcomes, started)
-                if self._ran(taken, outcomes):
+                early = self._ran(taken, outcomes)
+                self._open = (batch, outcomes, started, early)
+                if early:
                     # The COMMIT waits a hop: the actors told by what just ran take their
                     # turns, and their writes (an event's step, behind its row) join it.
                     loop.call_soon(self._seal)
@@ -480,55 +504,72 @@ class Store:
     def _seal(self) -> None:
         """Run the quick writes queued since the group's statements, in order, inside the
         same transaction, then hand its COMMIT to the writer thread."""
-        assert self._open is not None and self._conn is not None
-        batch, outcomes, started = self._open
+        assert self._open is not None
+        batch, outcomes, started, early = self._open
         self._open = None
         loop = asyncio.get_running_loop()
-        joining: list[Pending] = []
-        while self._pending and self._pending[0][2] and len(batch) + len(joining) < GROUP_LIMIT:
-            joining.append(self._pending.popleft())
-        if joining and not self._closed:
-            more = self._joined(self._conn, [(work, future) for work, future, _, _ in joining])
-            if more is None:  # one raised: they go to the next group, done the careful way
-                self._pending.extendleft(reversed(joining))
-            else:
-                self._ran(joining, more)
-                batch = batch + [(work, future) for work, future, _, _ in joining]
-                outcomes = outcomes + more
-        elif joining:
-            self._pending.extendleft(reversed(joining))
-        self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop))
+        conn = self._conn
+        if conn is None or self._closed:  # closed without a drain: nothing will commit these
+            self._abandon(batch, _closed_store(), early)
+            return
+        try:
+            joining: list[Pending] = []
+            while self._pending and self._pending[0][2] and len(batch) + len(joining) < GROUP_LIMIT:
+                joining.append(self._pending.popleft())
+            if joining:
+                more = self._joined(conn, [(work, future) for work, future, _, _ in joining])
+                if more is None:  # one raised: they go to the next group, done the careful way
+                    self._pending.extendleft(reversed(joining))
+                else:
+                    early = self._ran(joining, more) or early
+                    batch = batch + [(work, future) for work, future, _, _ in joining]
+                    outcomes = outcomes + more
+        except Exception as exc:  # the store's own fault: the group fails, the store goes on
+            self._log.error("store_commit_fault", error=repr(exc), batch=len(batch))
+            self._abandon(batch, exc, early)
+            return
+        self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop, early))
+
+    def _abandon(self, batch: Batch, error: Exception, early: bool) -> None:
+        """Fail an open group on the loop, its transaction rolled back."""
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+        self._committed([(future, None, error) for _, future in batch], early)
 
     def _ran(self, taken: list[Pending], outcomes: list[Outcome]) -> bool:
         """Call the `then` of each early write that ran; whether there was any."""
         early = False
-        for (_, future, _, then), (_, result, _) in zip(taken, outcomes, strict=True):
-            if then is not None:
+        for (_, _, _, then), (_, result, _) in zip(taken, outcomes, strict=True):
+            if then is not None and not then.called:
                 early = True
-                self._ran_early.add(future)
                 self._call(then, result)
         return early
 
-    def _then_late(self, done: asyncio.Future[Any], then: Callable[[Any], None]) -> None:
-        if done in self._ran_early or done.cancelled() or done.exception() is not None:
-            self._ran_early.discard(done)
-            return
-        self._call(then, done.result())
+    def _then_late(self, done: asyncio.Future[Any], then: _Then) -> None:
+        if not then.called and not done.cancelled() and done.exception() is None:
+            self._call(then, done.result())
 
-    def _call(self, then: Callable[[Any], None], result: Any) -> None:
+    def _call(self, then: _Then, result: Any) -> None:
+        then.called = True
         try:
-            then(result)
+            then.call(result)
         except Exception:  # the caller's, not the store's: the group goes on
             self._log.exception("store_then_failed")
 
     def _ran_ahead(self, error: BaseException) -> None:
         """A group failed whose writes were made known before their commit: whatever
         followed from them is queued behind it, or made from now on, and must not land."""
-        self.on_ran_ahead(error)
+        try:
+            self.on_ran_ahead(error)
+        except Exception:
+            self._log.exception("store_ran_ahead_failed")
+        refused = RanAhead(f"not written: an earlier write it may follow from failed: {error}")
         while self._pending:
             _, future, _, _ = self._pending.popleft()
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(refused)
 
     def _joined(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | None:
         """Late writes in a savepoint of the open transaction: one that raises takes only
@@ -546,7 +587,13 @@ class Store:
                     conn.execute("ROLLBACK TO joining")
                     conn.execute("RELEASE joining")
                 return None
-        conn.execute("RELEASE joining")
+        try:
+            conn.execute("RELEASE joining")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK TO joining")
+                conn.execute("RELEASE joining")
+            return None
         return outcomes
 
     def _statements(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | object:
@@ -568,17 +615,25 @@ class Store:
                 return _RAISED
         return outcomes
 
-    def _committed(self, outcomes: list[Outcome]) -> None:
+    def _committed(self, outcomes: list[Outcome], ran_ahead: bool = False) -> None:
+        """`ran_ahead`: some of the group's rows were acted on before this commit."""
         failed = next((error for _, _, error in outcomes if error is not None), None)
-        if failed is not None and any(future in self._ran_early for future, _, _ in outcomes):
+        if failed is not None and ran_ahead:
             self._ran_ahead(failed)
         _settle_all(outcomes)
         self._busy = False
         if self._pending:
+            # Not at once: what just settled wakes its waiters, and they tell actors, whose
+            # turns run in a callback scheduled after this one. Two hops later, the writes
+            # those turns make (a bot event's step, right behind its row) join the next group
+            # instead of waiting a whole commit for the one after it.
             if self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
         else:
             self._wake_drained()
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _wake_drained(self) -> None:
         waiters, self._drained = self._drained, []
@@ -601,6 +656,7 @@ class Store:
         outcomes: list[Outcome],
         started: float,
         loop: asyncio.AbstractEventLoop,
+        ran_ahead: bool,
     ) -> None:
         conn = self._conn
         assert conn is not None
@@ -611,7 +667,7 @@ class Store:
             outcomes = self._failed(conn, batch, exc)
         except Exception as exc:
             outcomes = self._fault(conn, batch, exc)
-        self._report(outcomes, len(batch), started, loop)
+        self._report(outcomes, len(batch), started, loop, ran_ahead)
 
     def _commit(
         self,
@@ -657,13 +713,14 @@ class Store:
         size: int,
         started: float,
         loop: asyncio.AbstractEventLoop,
+        ran_ahead: bool = False,
     ) -> None:
         if self.metrics is not None:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self.metrics.commit_batch.observe(size)
         # One wake-up of the loop per commit, not one per write in it.
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(self._committed, outcomes)
+            loop.call_soon_threadsafe(self._committed, outcomes, ran_ahead)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting up to `busy_timeout_s` for a write lock held elsewhere."""

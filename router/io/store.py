@@ -578,23 +578,15 @@ class Store:
             conn.execute("SAVEPOINT joining")
         except sqlite3.Error:
             return None
-        outcomes: list[Outcome] = []
-        for work, future in batch:
-            try:
-                outcomes.append((future, work(conn), None))
-            except Exception:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK TO joining")
-                    conn.execute("RELEASE joining")
-                return None
-        try:
-            conn.execute("RELEASE joining")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK TO joining")
+        outcomes = _run_works(conn, batch)
+        with contextlib.suppress(sqlite3.Error):
+            if outcomes is not None:
                 conn.execute("RELEASE joining")
-            return None
-        return outcomes
+                return outcomes
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK TO joining")
+            conn.execute("RELEASE joining")
+        return None
 
     def _statements(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | object:
         """The group's statements, inside its transaction; `_BUSY` when the lock is held
@@ -604,15 +596,12 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:
             return _BUSY
-        outcomes: list[Outcome] = []
-        for work, future in batch:
-            try:
-                outcomes.append((future, work(conn), None))
-            except Exception:
-                with contextlib.suppress(sqlite3.Error):
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                return _RAISED
+        outcomes = _run_works(conn, batch)
+        if outcomes is None:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            return _RAISED
         return outcomes
 
     def _committed(self, outcomes: list[Outcome], ran_ahead: bool = False) -> None:
@@ -813,6 +802,17 @@ class _WorkFailed(Exception):
 
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 _Read = tuple[Work, asyncio.Future[Any]]
+
+
+def _run_works(conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | None:
+    """Each work's result, in order; None as soon as one raises, for the caller to undo."""
+    outcomes: list[Outcome] = []
+    for work, future in batch:
+        try:
+            outcomes.append((future, work(conn), None))
+        except Exception:
+            return None
+    return outcomes
 
 
 def _settle_all(outcomes: list[Outcome]) -> None:

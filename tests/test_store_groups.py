@@ -296,3 +296,33 @@ async def test_an_early_write_whose_waiter_gave_up_still_fences_what_followed(
     row.cancel()
     await store.drain()
     assert [str(error) for error in told] == ["disk I/O error"]
+
+
+async def test_a_late_write_that_raises_fails_with_its_error_and_is_not_tried_again(
+    store: Store,
+) -> None:
+    """A step's write that raised has already fenced the actors: had it been tried again and
+    passed, the fence would stand with nobody told of a failure."""
+    loop = asyncio.get_running_loop()
+    tries: list[int] = []
+    late: list[asyncio.Future[Any]] = []
+
+    def flaky(conn: sqlite3.Connection) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise sqlite3.IntegrityError("refused")
+        conn.execute("INSERT INTO notes VALUES (3)")
+
+    def route(_: object) -> None:
+        def step() -> None:
+            late.append(store.write(flaky, quick=True))
+            late.append(store.write(note(2), quick=True))
+
+        loop.call_soon(step)
+
+    assert await store.write_early(note(1), route) == 1
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+        await late[0]
+    assert await late[1] == 1
+    assert tries == [1]
+    assert await notes(store) == [1, 2]

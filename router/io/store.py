@@ -518,7 +518,7 @@ class Store:
                 joining.append(self._pending.popleft())
             if joining:
                 more = self._joined(conn, [(work, future) for work, future, _, _ in joining])
-                if more is None:  # one raised: they go to the next group, done the careful way
+                if more is None:  # no savepoint: they go to the next group
                     self._pending.extendleft(reversed(joining))
                 else:
                     early = self._ran(joining, more) or early
@@ -541,8 +541,8 @@ class Store:
     def _ran(self, taken: list[Pending], outcomes: list[Outcome]) -> bool:
         """Call the `then` of each early write that ran; whether there was any."""
         early = False
-        for (_, _, _, then), (_, result, _) in zip(taken, outcomes, strict=True):
-            if then is not None and not then.called:
+        for (_, _, _, then), (_, result, error) in zip(taken, outcomes, strict=True):
+            if then is not None and not then.called and error is None:
                 early = True
                 self._call(then, result)
         return early
@@ -572,21 +572,46 @@ class Store:
                 future.set_exception(refused)
 
     def _joined(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | None:
-        """Late writes in a savepoint of the open transaction: one that raises takes only
-        them back, never the writes already made known."""
+        """Late writes in a savepoint of the open transaction, so that one that raises takes
+        back only them, never the writes already made known. It then fails with its own
+        error, never tried again (a step's write that failed has fenced the actors, and must
+        be heard of as failed), and the others are done again, each in its own savepoint.
+        None when even a savepoint cannot be taken: they go to the next group."""
         try:
             conn.execute("SAVEPOINT joining")
         except sqlite3.Error:
             return None
-        outcomes = _run_works(conn, batch)
+        outcomes: list[Outcome] = []
+        raised: tuple[int, Exception] | None = None
+        for index, (work, future) in enumerate(batch):
+            try:
+                outcomes.append((future, work(conn), None))
+            except Exception as exc:
+                raised = (index, exc)
+                break
         with contextlib.suppress(sqlite3.Error):
-            if outcomes is not None:
+            if raised is None:
                 conn.execute("RELEASE joining")
                 return outcomes
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK TO joining")
             conn.execute("RELEASE joining")
-        return None
+        if raised is None:
+            return None
+        outcomes = []
+        for index, (work, future) in enumerate(batch):
+            if index == raised[0]:
+                outcomes.append((future, None, raised[1]))
+                continue
+            conn.execute("SAVEPOINT work")
+            try:
+                outcomes.append((future, work(conn), None))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO work")
+                outcomes.append((future, None, exc))
+            conn.execute("RELEASE work")
+        self._counted(outcomes)
+        return outcomes
 
     def _statements(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | object:
         """The group's statements, inside its transaction; `_BUSY` when the lock is held
@@ -605,7 +630,7 @@ class Store:
         return outcomes
 
     def _committed(self, outcomes: list[Outcome], ran_ahead: bool = False) -> None:
-        """`ran_ahead`: some of the group's rows were acted on before this commit."""
+        """`ran_ahead`: the group failed whole, and some of its rows had been acted on."""
         failed = next((error for _, _, error in outcomes if error is not None), None)
         if failed is not None and ran_ahead:
             self._ran_ahead(failed)
@@ -649,14 +674,16 @@ class Store:
     ) -> None:
         conn = self._conn
         assert conn is not None
+        lost = True
         try:
             self._check_file()
             conn.execute("COMMIT")
+            lost = False
         except sqlite3.Error as exc:
             outcomes = self._failed(conn, batch, exc)
         except Exception as exc:
             outcomes = self._fault(conn, batch, exc)
-        self._report(outcomes, len(batch), started, loop, ran_ahead)
+        self._report(outcomes, len(batch), started, loop, ran_ahead and lost)
 
     def _commit(
         self,

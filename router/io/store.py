@@ -321,9 +321,7 @@ class Store:
         if self._closed:
             future.set_exception(_closed_store())
             return future
-        self._pending.append((work, future, quick, None))
-        if not self._busy and self._flush_handle is None:
-            self._flush_handle = loop.call_soon(self._flush)
+        self._enqueue((work, future, quick, None))
         return future
 
     def write_early(
@@ -344,11 +342,14 @@ class Store:
             future.set_exception(_closed_store())
             return future
         once = _Then(then)
-        self._pending.append((work, future, True, once))
         future.add_done_callback(lambda done: self._then_late(done, once))
+        self._enqueue((work, future, True, once))
+        return future
+
+    def _enqueue(self, pending: Pending) -> None:
+        self._pending.append(pending)
         if not self._busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-        return future
 
     async def drain(self) -> None:
         """Until every write made so far has committed (or failed)."""
@@ -598,18 +599,10 @@ class Store:
             conn.execute("RELEASE joining")
         if raised is None:
             return None
-        outcomes = []
-        for index, (work, future) in enumerate(batch):
-            if index == raised[0]:
-                outcomes.append((future, None, raised[1]))
-                continue
-            conn.execute("SAVEPOINT work")
-            try:
-                outcomes.append((future, work(conn), None))
-            except Exception as exc:
-                conn.execute("ROLLBACK TO work")
-                outcomes.append((future, None, exc))
-            conn.execute("RELEASE work")
+        index, error = raised
+        outcomes = _each_apart(conn, batch[:index])
+        outcomes.append((batch[index][1], None, error))
+        outcomes += _each_apart(conn, batch[index + 1 :])
         self._counted(outcomes)
         return outcomes
 
@@ -766,19 +759,9 @@ class Store:
         return outcomes
 
     def _commit_apart(self, conn: sqlite3.Connection, batch: Batch) -> list[Outcome]:
-        outcomes: list[Outcome] = []
         try:
             self._begin(conn)
-            for work, future in batch:
-                conn.execute("SAVEPOINT work")
-                try:
-                    result = work(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO work")
-                    outcomes.append((future, None, exc))
-                else:
-                    outcomes.append((future, result, None))
-                conn.execute("RELEASE work")
+            outcomes = _each_apart(conn, batch)
             self._check_file()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -829,6 +812,22 @@ class _WorkFailed(Exception):
 
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 _Read = tuple[Work, asyncio.Future[Any]]
+
+
+def _each_apart(conn: sqlite3.Connection, batch: Batch) -> list[Outcome]:
+    """Each work in its own savepoint, so that one that raises fails alone."""
+    outcomes: list[Outcome] = []
+    for work, future in batch:
+        conn.execute("SAVEPOINT work")
+        try:
+            result = work(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO work")
+            outcomes.append((future, None, exc))
+        else:
+            outcomes.append((future, result, None))
+        conn.execute("RELEASE work")
+    return outcomes
 
 
 def _run_works(conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | None:

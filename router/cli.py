@@ -109,6 +109,9 @@ def check_config(path: str) -> None:
     check_references(config, bots)
 
 
+YOUNG_GENERATION = 50_000
+
+
 def tune_interpreter() -> None:
     """Settings for a daemon holding many long-lived objects on one busy loop.
 
@@ -119,8 +122,13 @@ def tune_interpreter() -> None:
       frozen: the next full collection walks only what is newer, instead of every actor at
       every pass. Stopped actors break their own reference cycle, so freezing does not keep
       them alive.
+    - Nearly everything a message allocates is freed by its reference count within the turn
+      that made it, so the youngest generation is collected after 50,000 net allocations
+      instead of 700: at the default, collections took 6-7% of the loop's time under load,
+      each walking a few hundred objects that were about to be freed anyway.
     """
     sys.setswitchinterval(0.0005)
+    gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
     gc.freeze()  # what start-up made lives as long as the daemon
     gc.callbacks.append(_freeze_after_full_collection)
 

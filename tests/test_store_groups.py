@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from router.io.metrics import Metrics
 from router.io.store import RanAhead, Store
@@ -326,3 +327,55 @@ async def test_a_late_write_that_raises_fails_with_its_error_and_is_not_tried_ag
     assert await late[1] == 1
     assert tries == [1]
     assert await notes(store) == [1, 2]
+
+
+async def test_a_write_heard_by_a_call_hears_it_where_the_commit_lands_in_order(
+    store: Store,
+) -> None:
+    """`write_then`, a step's write: each call hears its own outcome in the order the writes
+    were made, inside the callback that reports the commit, before any future of the same
+    group has woken its waiter."""
+    heard: list[tuple[int, str | None]] = []
+
+    def hear(n: int) -> Any:
+        return lambda error: heard.append((n, None if error is None else type(error).__name__))
+
+    def boom(_: sqlite3.Connection) -> None:
+        raise ValueError("no")
+
+    awaited = store.write(note(1), quick=True)
+    awaited.add_done_callback(lambda _: heard.append((0, "future")))
+    store.write_then(note(2), hear(2))
+    store.write_then(boom, hear(3))
+    store.write_then(note(4), hear(4))
+    await store.drain()
+    assert heard == [(2, None), (3, "ValueError"), (4, None), (0, "future")]
+    assert await notes(store) == [1, 2, 4]
+
+
+async def test_a_call_that_raises_does_not_keep_the_others_from_hearing(store: Store) -> None:
+    heard: list[int] = []
+
+    def broken(_: object) -> None:
+        raise RuntimeError("the caller's own fault")
+
+    with capture_logs() as logs:
+        store.write_then(note(1), broken)
+        store.write_then(note(2), lambda error: heard.append(2))
+        await store.drain()
+    assert heard == [2]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["store_then_failed"]
+
+
+async def test_a_write_heard_by_a_call_on_a_closed_store_hears_it_failed_after_the_turn(
+    tmp_path: Path,
+) -> None:
+    closed = Store(tmp_path / "router.db")
+    closed.open()
+    await closed.drain()
+    await asyncio.get_running_loop().run_in_executor(None, closed.close)
+    heard: list[BaseException | None] = []
+    closed.write_then(lambda c: None, heard.append)
+    assert heard == []  # not inside the caller's turn
+    await asyncio.sleep(0)
+    assert len(heard) == 1 and isinstance(heard[0], sqlite3.ProgrammingError)

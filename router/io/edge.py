@@ -159,10 +159,11 @@ class IoEdge:
             return
         match effect:
             case Persist(writes=writes, then=then):
-                future = self.store.write(self._fenced_write(writes), quick=True)
-                # A callback, not a task: the futures of one commit settle in the order they
-                # were written, so what follows from each step also runs in that order.
-                future.add_done_callback(lambda done: self._after(done, then))
+                # Heard where the commit is reported, in the order the steps were written, so
+                # what follows from each step also runs in that order, with no hop between.
+                self.store.write_then(
+                    self._fenced_write(writes), lambda error: self._after(error, then)
+                )
             case Attempt():
                 self._spawn(self._attempt(effect))
             case Load():
@@ -213,10 +214,9 @@ class IoEdge:
 
         return work
 
-    def _after(self, done: asyncio.Future[None], then: tuple[Tell | TellAt, ...]) -> None:
-        if done.cancelled() or self._closing:
+    def _after(self, error: Exception | None, then: tuple[Tell | TellAt, ...]) -> None:
+        if self._closing:
             return
-        error = done.exception()
         if error is not None:
             # A step that is not on disk must have no consequence, and neither may any step
             # after it: they are all redone, in order, from the store once it commits again

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import structlog
@@ -44,11 +44,19 @@ from router.io.records import beat
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
-Batch = list[tuple[Work, "asyncio.Future[Any]"]]
+Batch = list[tuple[Work, "Settles"]]
 # A pending write: its work, the future that settles once it is durable, whether it is
 # quick, and what to call with its result as soon as it has run inside its group
 # (`write_early`).
-Pending = tuple[Work, "asyncio.Future[Any]", bool, "_Then | None"]
+Pending = tuple[Work, "Settles", bool, "_Then | None"]
+
+
+class Settles(Protocol):
+    """What hears a write's outcome: a future, or a call made in its place (`write_then`)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 class _Then:
@@ -59,6 +67,33 @@ class _Then:
     def __init__(self, call: Callable[[Any], None]) -> None:
         self.call = call
         self.called = False
+
+
+class _Direct:
+    """Settled in place of a future (`write_then`): the outcome goes straight to one call."""
+
+    __slots__ = ("call", "log", "settled")
+
+    def __init__(self, call: Callable[[Exception | None], None], log: Any) -> None:
+        self.call = call
+        self.log = log
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, _result: object) -> None:
+        self._settle(None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle(error if isinstance(error, Exception) else RuntimeError(repr(error)))
+
+    def _settle(self, error: Exception | None) -> None:
+        self.settled = True
+        try:
+            self.call(error)
+        except Exception:  # the caller's, not the store's: the others still settle
+            self.log.exception("store_then_failed")
 
 
 class RanAhead(WriteRefused):
@@ -324,6 +359,18 @@ class Store:
         self._enqueue((work, future, quick, None))
         return future
 
+    def write_then(
+        self, work: Callable[[sqlite3.Connection], Any], then: Callable[[Exception | None], None]
+    ) -> None:
+        """A quick write whose outcome is heard by `then` (None once durable, or the error),
+        called on the loop where the commit is reported, in the order the writes were made:
+        no future to settle and no loop hop between the commit and what follows from it."""
+        done = _Direct(then, self._log)
+        if self._closed:  # heard as a future's failure would be: after the caller's turn
+            asyncio.get_running_loop().call_soon(done.set_exception, _closed_store())
+            return
+        self._enqueue((work, done, True, None))
+
     def write_early(
         self, work: Callable[[sqlite3.Connection], T], then: Callable[[T], None]
     ) -> asyncio.Future[T]:
@@ -451,15 +498,13 @@ class Store:
                 return
 
     def _answer(self, batch: list[_Read]) -> None:
-        outcomes: list[Outcome] = []
-        for work, future in batch:
-            try:
-                outcomes.append((future, self._locked(work), None))
-            except Exception as exc:
-                outcomes.append((future, None, exc))
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+        for work, future in batch:
+            settled = by_loop.setdefault(future.get_loop(), [])
+            try:
+                settled.append((future, self._locked(work), None))
+            except Exception as exc:
+                settled.append((future, None, exc))
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
                 loop.call_soon_threadsafe(_settle_all, settled)
@@ -810,7 +855,7 @@ class _WorkFailed(Exception):
     """A caller's work raised inside a shared transaction, which is rolled back."""
 
 
-Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+Outcome = tuple[Settles, Any, BaseException | None]
 _Read = tuple[Work, asyncio.Future[Any]]
 
 

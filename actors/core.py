@@ -395,10 +395,7 @@ class CoreActor(RouterActor):
                 waiting = self._unrouted(waiting)
                 if not waiting:
                     return
-                first = waiting[0][1]
-                assert isinstance(first, RouteChannel)
-                conversation = self._new(first)
-                self._spawn(conversation, {}, [], persist=True)
+                conversation = self._start_new(waiting[0][1])
         elif conversation is None:
             if value not in self.erased:  # an erased one's timers still fall due: expected
                 self.log.error("unknown_conversation", **conversation_fields(value, None, None))
@@ -430,9 +427,16 @@ class CoreActor(RouterActor):
         self.arrivals += 1
         if not self._unrouted([(self.arrivals, message)]):
             return
-        conversation = self._new(message)
-        self._spawn(conversation, {}, [], persist=True)
+        conversation = self._start_new(message)
         self._deliver(conversation.conversation_id, message)
+
+    def _start_new(self, first: Routed) -> Conversation:
+        """The conversation `first` opens (the first event `_unrouted` kept), running and
+        written with its first step."""
+        assert isinstance(first, RouteChannel)
+        conversation = self._new(first)
+        self._spawn(conversation, {}, [], persist=True)
+        return conversation
 
     def _unrouted(self, waiting: list[tuple[int, Routed]]) -> list[tuple[int, Routed]]:
         """No open conversation for the identity: events that may not open one (delivery

@@ -138,7 +138,7 @@ class Router:
             await self.edge.start()
             started.append("edge")
             await self.load_integrations()
-            self.start_actors()
+            self.start_actors(await self.keys_on_disk())
             started.append("actors")
             await self.restore()
             started.append("http")  # whichever listener did start is closed on failure
@@ -204,7 +204,12 @@ class Router:
             )
         await self.rotation.load()
 
-    def start_actors(self) -> None:
+    async def keys_on_disk(self) -> KeysOnDisk:
+        """The directory's filter, read and built on a thread of its own: a recovery builds
+        it afresh while the loop goes on answering health checks and the debug port."""
+        return await self.store.read_aside(keys_on_disk)
+
+    def start_actors(self, on_disk: KeysOnDisk) -> None:
         threshold = self.config.delivery.inactive_after_failures
         health = self.store.read_now(
             lambda conn: {
@@ -246,7 +251,7 @@ class Router:
                 conversations.restart_window_s,
                 conversations.restart_backoff_s,
             ),
-            self.store.read_now(keys_on_disk),
+            on_disk,
         )
         self.intake = Intake(self.config, self.store, self.core)
         self.metrics.live.view = lambda: live_view(self._core, self.endpoints)

@@ -141,7 +141,7 @@ class StoreWatch:
             router.edge.resume()
             router.store.health.recovered()
             try:
-                router.start_actors()
+                router.start_actors(await router.keys_on_disk())
                 await router.restore()
             except BaseException as exc:
                 router.edge.fence("recovery_failed", f"{type(exc).__name__}: {exc}")

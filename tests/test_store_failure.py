@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+import router.daemon as daemon_module
+from router.io import records
 from tests.clock import ManualClock
 from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, execute
 from tests.test_metrics import scrape, value
@@ -104,8 +107,17 @@ async def free_up(daemon: Daemon, tmp_path: Path) -> None:
 
 
 async def test_a_full_disk_refuses_intake_with_503_and_routing_resumes_by_itself(
-    start_router: StartRouter, peers: Peers, tmp_path: Path
+    start_router: StartRouter, peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Where the directory's filter of identities on disk is read and built: never on the
+    # loop, which goes on answering health checks while a recovery rebuilds it.
+    built_on: list[str] = []
+
+    def open_keys(conn: sqlite3.Connection) -> Any:
+        built_on.append(threading.current_thread().name)
+        return records.open_keys(conn)
+
+    monkeypatch.setattr(daemon_module, "open_keys", open_keys)
     clock = ManualClock()
     daemon = await start_router(clock=clock)
     await daemon.customer("m1", "m1")
@@ -132,6 +144,8 @@ async def test_a_full_disk_refuses_intake_with_503_and_routing_resumes_by_itself
         found = await until_health(daemon, "ok")
     [recovered] = [e for e in logs if e["event"] == "store_recovered"]
     assert recovered["actors_restarted"] is True
+    assert len(built_on) == 2  # at the start, and again by the recovery
+    assert threading.current_thread().name not in built_on
     assert found["store_failures"] >= failures
     # What was accepted before the failure is routed, before anything accepted after it.
     assert (await customer(daemon, "m4", "m4"))[0] == 202

@@ -28,8 +28,12 @@ def on_attempt(
 ) -> EndpointState:
     """Count across all conversations; any success resets; only a bot is taken out of service.
     A destination that answered 429 is busy, not failing: that changes nothing."""
-    if ok:
-        return replace(current, consecutive_failures=0)
+    if ok:  # the common case, every delivery that lands: nothing to change, nothing made
+        return (
+            current
+            if current.consecutive_failures == 0
+            else replace(current, consecutive_failures=0)
+        )
     if throttled:
         return current
     failures = current.consecutive_failures + 1

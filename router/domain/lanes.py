@@ -113,12 +113,10 @@ def enqueue(lane: Lane, delivery: Delivery, now: float | None = None) -> Result:
         parked_at = delivery.created_at if now is None else now
         delivery = replace(delivery, status="parked", parked_at=parked_at)
         return replace(lane, queue=(*lane.queue, delivery)), [Save(delivery)]
-    lane = replace(lane, queue=(*lane.queue, delivery))
-    decisions: list[LaneDecision] = [Save(delivery)]
+    queue = (*lane.queue, delivery)
     if lane.phase == "idle":
-        lane = replace(lane, phase="in_flight")
-        decisions.append(Send(lane.queue[0]))
-    return lane, decisions
+        return Lane(lane.dest, queue, "in_flight"), [Save(delivery), Send(queue[0])]
+    return Lane(lane.dest, queue, lane.phase), [Save(delivery)]
 
 
 def on_outcome(
@@ -144,16 +142,16 @@ def on_outcome(
         # Withdrawn while its attempt was out: it stays a dead letter, whatever the answer.
         if attempted:
             head = replace(head, attempts=head.attempts + 1, last_error=error)
-        return _advance(replace(lane, queue=lane.queue[1:]), [Save(head)])
+        return _advance(lane.dest, lane.queue[1:], [Save(head)])
     if ok:
-        return _advance(replace(lane, queue=lane.queue[1:]), [Remove(delivery_id)])
+        return _advance(lane.dest, lane.queue[1:], [Remove(delivery_id)])
     if attempted:
         head = replace(head, attempts=head.attempts + 1, last_error=error)
     if inactive:
         return _park(replace(lane, queue=(head, *lane.queue[1:])), now)
     if head.attempts > len(delays):
         dead = replace(head, status="dead", next_attempt_at=None, reason="retries_exhausted")
-        return _advance(replace(lane, queue=lane.queue[1:]), [Save(dead)])
+        return _advance(lane.dest, lane.queue[1:], [Save(dead)])
     delay = delays[head.attempts - 1]
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
@@ -215,7 +213,7 @@ def withdraw(lane: Lane, match: Callable[[Delivery], bool], reason: str) -> Resu
         return lane, []
     queue = tuple(kept)
     if lane.phase == "waiting" and (not queue or queue[0].delivery_id != lane.queue[0].delivery_id):
-        return _advance(replace(lane, queue=queue), decisions)
+        return _advance(lane.dest, queue, decisions)
     if not queue:
         return replace(lane, queue=(), phase="idle"), decisions
     return replace(lane, queue=queue), decisions
@@ -246,8 +244,11 @@ def _park(lane: Lane, now: float) -> Result:
     return replace(lane, queue=queue, phase="parked"), [Save(d) for d in queue]
 
 
-def _advance(lane: Lane, decisions: list[LaneDecision]) -> Result:
-    head = lane.head
-    if head is None:
-        return replace(lane, phase="idle"), decisions
-    return replace(lane, phase="in_flight"), [*decisions, Send(head)]
+def _advance(
+    dest: Destination, queue: tuple[Delivery, ...], decisions: list[LaneDecision]
+) -> Result:
+    """The lane with `queue` left: its head sent next, or idle. Made whole, not replaced
+    twice over: this runs for every delivery that lands."""
+    if not queue:
+        return Lane(dest, queue, "idle"), decisions
+    return Lane(dest, queue, "in_flight"), [*decisions, Send(queue[0])]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from router.domain import lanes as lane_ops
 from router.domain.events import ConversationEvent
@@ -18,8 +18,9 @@ from router.domain.state import CcspSession, Conversation
 from router.domain.timestamps import platform_timestamp
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
+    """A tuple, not a frozen dataclass: one is made for every step a conversation takes."""
+
     now: float
     delays: tuple[float, ...]
     next_delivery_id: Callable[[], int]

@@ -248,3 +248,36 @@ def test_live_families_are_absent_until_the_actors_run() -> None:
     families = {f.name for f in text_string_to_metric_families(text)}
     assert "router_mailbox_depth" not in families
     assert "router_store_commit_duration_seconds" in families
+
+
+async def test_an_event_and_the_step_it_sets_off_share_one_commit(
+    start_router: StartRouter, peers: Peers
+) -> None:
+    """A bot's reply is routed as soon as its row is written inside its group: the step it
+    sets off (the delivery to the channel) joins that commit, one fsync for both, and the
+    delivery's removal once the channel has it is the only other commit."""
+    daemon = await start_router(clock=ManualClock())
+    await daemon.customer("hello", "m1")
+    [first] = await peers.bot.wait_for(1)
+    cid = first["Conversationid"]
+
+    async def settled() -> bool:
+        return not (await daemon.conversation(cid))["deliveries"]
+
+    async def commits() -> tuple[float | None, float | None]:
+        await daemon.until(settled)
+        await daemon.router.store.drain()
+        samples = await scrape(daemon)
+        return (
+            value(samples, "router_store_commit_duration_seconds_count"),
+            value(samples, "router_store_commit_batch_size_sum"),
+        )
+
+    before = await commits()
+    assert (await daemon.bot({"eventid": "1001", "conversation_id": cid, "message": "x"}))[0] == 202
+    await peers.channel.wait_for(1)
+    after = await commits()
+    assert before[0] is not None and before[1] is not None
+    assert after[0] is not None and after[1] is not None
+    # The reply's row with its step, then the delivery's removal: two commits, three writes.
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 3)

@@ -1,8 +1,9 @@
 """The public port: channel adapters, bots and CCSPs post their events here.
 
 Every handler checks the caller and the body first, stores the event, and answers only once
-it is on disk; routing is by message. A customer's message is routed as soon as its row is
-written inside its group, so that its step joins the same commit; the others once durable.
+it is on disk; routing is by message. An event is routed as soon as its row is written
+inside its group, so that its conversation's step joins the same commit; a channel event
+that needs a read or a write first (a customer not running, a delivery report) once durable.
 """
 
 from __future__ import annotations
@@ -104,20 +105,6 @@ ACCEPTED = {"accepted": True}
 T = TypeVar("T")
 
 
-async def _store(
-    router: Router, source: str, source_id: str, dedupe: str | None, body: object
-) -> tuple[int, bool]:
-    router.store_gate.admit()  # 503 at once while the store cannot commit
-    raw = orjson.dumps(body)
-    now = router.clock.now()
-    try:
-        return await router.store.write(
-            lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now), quick=True
-        )
-    except sqlite3.Error as exc:
-        raise unavailable(exc) from None
-
-
 def _store_early(
     router: Router,
     source: str,
@@ -126,9 +113,10 @@ def _store_early(
     body: object,
     then: Callable[[tuple[int, bool]], None],
 ) -> asyncio.Future[tuple[int, bool]]:
-    """`_store`, with `then` called on (inbox id, duplicate) as soon as the row is written
-    inside its group: an event routed there has its conversation's step join the same
-    commit. The answer still waits for the commit."""
+    """Store an event's row; `then` is called on (inbox id, duplicate) as soon as the row is
+    written inside its group: an event routed there has its conversation's step join the
+    same commit. The answer still waits for the commit. 503 at once while the store cannot
+    commit."""
     router.store_gate.admit()
     raw = orjson.dumps(body)
     now = router.clock.now()
@@ -227,11 +215,17 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
             body = {k: v for k, v in body.items() if fold(k) != "messageid"}
             body["Messageid"] = event.message_id
         answer["Messageid"] = event.message_id
-    inbox_id, duplicate = await _store(router, "bot", integration_id, dedupe, body)
+    intake = router.intake
+
+    def route(stored: tuple[int, bool]) -> None:
+        inbox_id, duplicate = stored
+        if not duplicate:
+            intake.route_bot(integration_id, event, conversation, inbox_id)
+
+    _, duplicate = await _stored(_store_early(router, "bot", integration_id, dedupe, body, route))
     if duplicate:  # the same signed call twice at once: the other was stored
         tally.result = "duplicate"
         return json_response({"accepted": True, "duplicate": True}, status=200)
-    router.intake.route_bot(integration_id, event, conversation, inbox_id)
     return json_response(answer, status=202)
 
 
@@ -261,9 +255,15 @@ async def ccsp_event(request: web.Request, tally: Tally) -> web.Response:
     assert router.intake is not None
     conversation = await router.intake.check_ccsp(ccsp_id, event)
     tally.channel = conversation.channel
-    inbox_id, duplicate = await _store(router, "ccsp", ccsp_id, dedupe, body)
+    intake = router.intake
+
+    def route(stored: tuple[int, bool]) -> None:
+        inbox_id, duplicate = stored
+        if not duplicate:
+            intake.route_ccsp(event, conversation, inbox_id)
+
+    _, duplicate = await _stored(_store_early(router, "ccsp", ccsp_id, dedupe, body, route))
     if duplicate:
         tally.result = "duplicate"
         return json_response({"accepted": True, "duplicate": True}, status=200)
-    router.intake.route_ccsp(event, conversation, inbox_id)
     return json_response(ACCEPTED, status=202)

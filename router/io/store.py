@@ -9,7 +9,7 @@ caller's work raises, the group is committed again on the thread, each work insi
 savepoint, so that one bad write fails alone. Reads use a second connection on a second
 thread; WAL lets them see every commit without waiting for the writer.
 
-An early write (`write_early`: a customer message's intake row) is acted on as soon as it
+An early write (`write_early`: an event's intake row) is acted on as soon as it
 has run inside its group, and that group's COMMIT waits one loop hop, so that the writes it
 set off (the message's step) join the same transaction and the same fsync. If such a group
 fails, the router hears of it first (`on_ran_ahead`: it fences its actors) and every write
@@ -677,8 +677,8 @@ class Store:
         if self._pending:
             # Not at once: what just settled wakes its waiters, and they tell actors, whose
             # turns run in a callback scheduled after this one. Two hops later, the writes
-            # those turns make (a bot event's step, right behind its row) join the next group
-            # instead of waiting a whole commit for the one after it.
+            # those turns make (the step of an event routed once durable, right behind its
+            # row) join the next group instead of waiting a whole commit for the one after.
             if self._flush_handle is None:
                 self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
         else:

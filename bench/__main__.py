@@ -10,6 +10,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # each part runs this checkout's code
 
 PARTS = (
     ("(g) actor runtime: tells per second, memory per actor", ["bench.tells"]),
@@ -24,7 +27,7 @@ def main() -> int:
     for title, module in PARTS:
         print(f"\n== {title}: python -m {' '.join(module)}", flush=True)
         started = time.perf_counter()
-        code = subprocess.call([sys.executable, "-m", *module])
+        code = subprocess.call([sys.executable, "-m", *module], cwd=CHECKOUT)
         print(f"-- {time.perf_counter() - started:.0f} s, exit {code}", flush=True)
         failed += code != 0
     return 1 if failed else 0

@@ -18,7 +18,7 @@ import sys
 
 import orjson
 
-from bench.throughput import one_run
+from bench.throughput import CHECKOUT, one_run
 
 
 def loadtest() -> tuple[float, bool]:
@@ -26,6 +26,7 @@ def loadtest() -> tuple[float, bool]:
         [sys.executable, "-m", "router.cli", "loadtest", "--profile", "intake-to-bot", "--json"],
         capture_output=True,
         check=False,
+        cwd=CHECKOUT,
     ).stdout
     found = orjson.loads(out)
     return float(found["throughput_msg_s"]), bool(found["ok"])

@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from actors.runtime import Scheduler
-from bench.throughput import TOKEN, free_port, router_config, spawn, wait_up
+from bench.throughput import CHECKOUT, TOKEN, free_port, router_config, spawn, wait_up
 from router.cli import configure_logging, tune_interpreter
 from router.config.settings import load_config
 from router.daemon import Router
@@ -595,6 +595,7 @@ async def shutdown_case(conversations: int, concurrency: int) -> dict[str, Any]:
                     [sys.executable, "-m", "router.cli", "serve", "--config", str(config)],
                     stdout=subprocess.DEVNULL,
                     stderr=stderr,
+                    cwd=CHECKOUT,
                 )
             try:
                 debug = f"http://127.0.0.1:{debug_port}"
@@ -663,6 +664,7 @@ def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             stderr=stderr,
             start_new_session=True,
+            cwd=CHECKOUT,
         )
         try:
             out, _ = proc.communicate(timeout=timeout)

@@ -132,9 +132,17 @@ bot = "bot"
 """
 
 
+# The checkout this bench belongs to: what it starts (`-m router.cli`, its own peers) is
+# imported from here, whatever directory the bench was started from.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 def spawn(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=CHECKOUT,
     )
 
 

@@ -278,6 +278,11 @@ async def test_a_write_or_read_after_close_fails_instead_of_waiting_for_ever(
         await closed.write(lambda c: None, quick=True)
     with pytest.raises(sqlite3.ProgrammingError):
         await closed.read(lambda c: None)
+    heard: list[BaseException | None] = []  # a step's write, heard by a call
+    closed.write_then(lambda c: None, heard.append)
+    assert heard == []  # not inside the caller's turn
+    await asyncio.sleep(0)
+    assert len(heard) == 1 and isinstance(heard[0], sqlite3.ProgrammingError)
 
 
 async def test_an_early_write_whose_waiter_gave_up_still_fences_what_followed(
@@ -365,17 +370,3 @@ async def test_a_call_that_raises_does_not_keep_the_others_from_hearing(store: S
         await store.drain()
     assert heard == [2]
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["store_then_failed"]
-
-
-async def test_a_write_heard_by_a_call_on_a_closed_store_hears_it_failed_after_the_turn(
-    tmp_path: Path,
-) -> None:
-    closed = Store(tmp_path / "router.db")
-    closed.open()
-    await closed.drain()
-    await asyncio.get_running_loop().run_in_executor(None, closed.close)
-    heard: list[BaseException | None] = []
-    closed.write_then(lambda c: None, heard.append)
-    assert heard == []  # not inside the caller's turn
-    await asyncio.sleep(0)
-    assert len(heard) == 1 and isinstance(heard[0], sqlite3.ProgrammingError)

@@ -138,10 +138,12 @@ class StoreWatch:
                 await router.core.ask(EvictAll(), block=False)
             await router.stop_actors()
             await router.store.write(_barrier)
+            # Read while the edge is still fenced: a read that fails leaves it so.
+            on_disk = await router.keys_on_disk()
             router.edge.resume()
             router.store.health.recovered()
             try:
-                router.start_actors(await router.keys_on_disk())
+                router.start_actors(on_disk)
                 await router.restore()
             except BaseException as exc:
                 router.edge.fence("recovery_failed", f"{type(exc).__name__}: {exc}")

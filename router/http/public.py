@@ -2,8 +2,8 @@
 
 Every handler checks the caller and the body first, stores the event, and answers only once
 it is on disk; routing is by message. An event is routed as soon as its row is written
-inside its group, so that its conversation's step joins the same commit; a channel event
-that needs a read or a write first (a customer not running, a delivery report) once durable.
+inside its group, so that its conversation's step joins the same commit; a delivery report
+(whose sender is looked up first) and an event no rule takes, once durable.
 """
 
 from __future__ import annotations

@@ -419,9 +419,9 @@ class Store:
         return future
 
     async def read_aside(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """A read for people looking at the daemon: a slow scan (a filter over every
-        conversation) waits on its own thread, never in front of the reads that intake and
-        conversation loads wait on."""
+        """A slow scan (a filter over every conversation, for people looking at the daemon,
+        or the directory's filter of identities at start and at a recovery) waits on its own
+        thread, never in front of the reads that intake and conversation loads wait on."""
         if self._aside is None:
             self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-look")
         return await asyncio.get_running_loop().run_in_executor(self._aside, self._look, work)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-CHECKOUT = Path(__file__).resolve().parents[1]  # each part runs this checkout's code
+from bench.throughput import CHECKOUT  # each part runs this checkout's code
 
 PARTS = (
     ("(g) actor runtime: tells per second, memory per actor", ["bench.tells"]),

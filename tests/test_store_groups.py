@@ -229,22 +229,27 @@ async def test_an_early_write_that_cannot_run_on_the_loop_is_acted_on_once_durab
     assert seen == [1]
 
 
-async def test_a_late_write_that_raises_leaves_the_early_ones_and_goes_on_alone(
-    store: Store,
-) -> None:
+async def early_then_late(store: Store, first: Any) -> list[asyncio.Future[Any]]:
+    """An early row (note 1) whose `then` sets off a step, a turn later, that writes `first`
+    and then note 2: the two late writes join the row's group."""
     loop = asyncio.get_running_loop()
     late: list[asyncio.Future[Any]] = []
 
     def route(_: object) -> None:
         def step() -> None:
-            late.append(
-                store.write(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"), quick=True)
-            )
+            late.append(store.write(first, quick=True))
             late.append(store.write(note(2), quick=True))
 
         loop.call_soon(step)
 
     assert await store.write_early(note(1), route) == 1
+    return late
+
+
+async def test_a_late_write_that_raises_leaves_the_early_ones_and_goes_on_alone(
+    store: Store,
+) -> None:
+    late = await early_then_late(store, lambda c: c.execute("INSERT INTO nowhere VALUES (1)"))
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         await late[0]
     assert await late[1] == 1
@@ -309,9 +314,7 @@ async def test_a_late_write_that_raises_fails_with_its_error_and_is_not_tried_ag
 ) -> None:
     """A step's write that raised has already fenced the actors: had it been tried again and
     passed, the fence would stand with nobody told of a failure."""
-    loop = asyncio.get_running_loop()
     tries: list[int] = []
-    late: list[asyncio.Future[Any]] = []
 
     def flaky(conn: sqlite3.Connection) -> None:
         tries.append(1)
@@ -319,14 +322,7 @@ async def test_a_late_write_that_raises_fails_with_its_error_and_is_not_tried_ag
             raise sqlite3.IntegrityError("refused")
         conn.execute("INSERT INTO notes VALUES (3)")
 
-    def route(_: object) -> None:
-        def step() -> None:
-            late.append(store.write(flaky, quick=True))
-            late.append(store.write(note(2), quick=True))
-
-        loop.call_soon(step)
-
-    assert await store.write_early(note(1), route) == 1
+    late = await early_then_late(store, flaky)
     with pytest.raises(sqlite3.IntegrityError, match="refused"):
         await late[0]
     assert await late[1] == 1

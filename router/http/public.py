@@ -8,11 +8,10 @@ inside its group, so that its conversation's step joins the same commit; a deliv
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -102,30 +101,32 @@ def _refusal(exc: Exception) -> str:
 
 
 ACCEPTED = {"accepted": True}
-T = TypeVar("T")
 
 
-def _store_early(
+async def _store_early(
     router: Router,
     source: str,
     source_id: str,
     dedupe: str | None,
     body: object,
-    then: Callable[[tuple[int, bool]], None],
-) -> asyncio.Future[tuple[int, bool]]:
-    """Store an event's row; `then` is called on (inbox id, duplicate) as soon as the row is
-    written inside its group: an event routed there has its conversation's step join the
-    same commit. The answer still waits for the commit. 503 at once while the store cannot
-    commit."""
+    route: Callable[[int], None],
+) -> tuple[int, bool]:
+    """Store an event's row: (inbox id, duplicate) once it is durable. Unless it is a
+    duplicate, `route` is called on its inbox id as soon as the row is written inside its
+    group, so that the step it sets off joins the same commit. 503 at once while the store
+    cannot commit, or when the commit fails."""
     router.store_gate.admit()
     raw = orjson.dumps(body)
     now = router.clock.now()
-    return router.store.write_early(
+
+    def then(stored: tuple[int, bool]) -> None:
+        inbox_id, duplicate = stored
+        if not duplicate:
+            route(inbox_id)
+
+    written = router.store.write_early(
         lambda conn: insert_inbox(conn, source, source_id, dedupe, raw, now), then
     )
-
-
-async def _stored(written: Awaitable[T]) -> T:
     try:
         return await written
     except sqlite3.Error as exc:
@@ -167,13 +168,12 @@ async def channel_event(request: web.Request, tally: Tally) -> web.Response:
     assert intake is not None
     routed: list[bool] = []
 
-    def route(stored: tuple[int, bool]) -> None:
-        inbox_id, duplicate = stored
-        if not duplicate:
-            routed.append(intake.route_channel_now(asset, event, inbox_id))
+    def route(inbox_id: int) -> None:
+        routed.append(intake.route_channel_now(asset, event, inbox_id))
 
-    stored = _store_early(router, "channel", asset.id, event.dedupe_key, body, route)
-    inbox_id, duplicate = await _stored(stored)
+    inbox_id, duplicate = await _store_early(
+        router, "channel", asset.id, event.dedupe_key, body, route
+    )
     if duplicate:
         tally.result = "duplicate"
         return json_response({"accepted": True, "duplicate": True}, status=200)
@@ -217,12 +217,10 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
         answer["Messageid"] = event.message_id
     intake = router.intake
 
-    def route(stored: tuple[int, bool]) -> None:
-        inbox_id, duplicate = stored
-        if not duplicate:
-            intake.route_bot(integration_id, event, conversation, inbox_id)
+    def route(inbox_id: int) -> None:
+        intake.route_bot(integration_id, event, conversation, inbox_id)
 
-    _, duplicate = await _stored(_store_early(router, "bot", integration_id, dedupe, body, route))
+    _, duplicate = await _store_early(router, "bot", integration_id, dedupe, body, route)
     if duplicate:  # the same signed call twice at once: the other was stored
         tally.result = "duplicate"
         return json_response({"accepted": True, "duplicate": True}, status=200)
@@ -257,12 +255,10 @@ async def ccsp_event(request: web.Request, tally: Tally) -> web.Response:
     tally.channel = conversation.channel
     intake = router.intake
 
-    def route(stored: tuple[int, bool]) -> None:
-        inbox_id, duplicate = stored
-        if not duplicate:
-            intake.route_ccsp(event, conversation, inbox_id)
+    def route(inbox_id: int) -> None:
+        intake.route_ccsp(event, conversation, inbox_id)
 
-    _, duplicate = await _stored(_store_early(router, "ccsp", ccsp_id, dedupe, body, route))
+    _, duplicate = await _store_early(router, "ccsp", ccsp_id, dedupe, body, route)
     if duplicate:
         tally.result = "duplicate"
         return json_response({"accepted": True, "duplicate": True}, status=200)

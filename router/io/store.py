@@ -90,10 +90,16 @@ class _Direct:
 
     def _settle(self, error: Exception | None) -> None:
         self.settled = True
-        try:
-            self.call(error)
-        except Exception:  # the caller's, not the store's: the others still settle
-            self.log.exception("store_then_failed")
+        _hand_over(self.log, self.call, error)
+
+
+def _hand_over(log: Any, call: Callable[[Any], None], value: Any) -> None:
+    """A caller's `then`: what it raises is the caller's fault, not the store's, and the
+    group (and the other writes' calls) go on."""
+    try:
+        call(value)
+    except Exception:
+        log.exception("store_then_failed")
 
 
 class RanAhead(WriteRefused):
@@ -599,10 +605,7 @@ class Store:
 
     def _call(self, then: _Then, result: Any) -> None:
         then.called = True
-        try:
-            then.call(result)
-        except Exception:  # the caller's, not the store's: the group goes on
-            self._log.exception("store_then_failed")
+        _hand_over(self._log, then.call, result)
 
     def _ran_ahead(self, error: BaseException) -> None:
         """A group failed whose writes were made known before their commit: whatever
@@ -627,14 +630,7 @@ class Store:
             conn.execute("SAVEPOINT joining")
         except sqlite3.Error:
             return None
-        outcomes: list[Outcome] = []
-        raised: tuple[int, Exception] | None = None
-        for index, (work, future) in enumerate(batch):
-            try:
-                outcomes.append((future, work(conn), None))
-            except Exception as exc:
-                raised = (index, exc)
-                break
+        outcomes, raised = _run_works(conn, batch)
         with contextlib.suppress(sqlite3.Error):
             if raised is None:
                 conn.execute("RELEASE joining")
@@ -659,8 +655,8 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:
             return _BUSY
-        outcomes = _run_works(conn, batch)
-        if outcomes is None:
+        outcomes, raised = _run_works(conn, batch)
+        if raised is not None:
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -875,15 +871,18 @@ def _each_apart(conn: sqlite3.Connection, batch: Batch) -> list[Outcome]:
     return outcomes
 
 
-def _run_works(conn: sqlite3.Connection, batch: Batch) -> list[Outcome] | None:
-    """Each work's result, in order; None as soon as one raises, for the caller to undo."""
+def _run_works(
+    conn: sqlite3.Connection, batch: Batch
+) -> tuple[list[Outcome], tuple[int, Exception] | None]:
+    """Each work's result, in order, up to the first that raises: its index and error, for
+    the caller to undo."""
     outcomes: list[Outcome] = []
-    for work, future in batch:
+    for index, (work, future) in enumerate(batch):
         try:
             outcomes.append((future, work(conn), None))
-        except Exception:
-            return None
-    return outcomes
+        except Exception as exc:
+            return outcomes, (index, exc)
+    return outcomes, None
 
 
 def _settle_all(outcomes: list[Outcome]) -> None:

@@ -47,8 +47,9 @@ from router.http.debug import debug_app
 from router.http.errors import JsonErrorRunner
 from router.http.inbound import InputError, parse_bot, parse_ccsp, parse_channel
 from router.http.intake import Intake
+from router.http.lean import LeanChannelEvents
 from router.http.listen import Listener, debug_port, listen, public_port, runner_options
-from router.http.public import ADMISSION, public_app
+from router.http.public import ADMISSION, RATES, public_app
 from router.http.quiet import AcceptErrors
 from router.http.store_gate import StoreGate
 from router.http.util import webhook_url
@@ -114,7 +115,7 @@ class Router:
         self._handled_rate = HandledRate()
         self.reloading = asyncio.Lock()  # one reload (or recovery) at a time
         # While the store cannot commit: intake answers 503, and the watch resumes routing.
-        self.store_gate = StoreGate(self.store.health, lambda s: self.metrics.errors(str(s)).inc())
+        self.store_gate = StoreGate(self.store.health)
         self.watch = StoreWatch(self)
         self.retention = RetentionSweep(self)
         self.rotation = SecretRotation(self)
@@ -404,8 +405,18 @@ class Router:
             **runner_options(),
         )
         port = public_port(server, raise_open_file_limit(), tls)
+
+        def lean() -> LeanChannelEvents:
+            return LeanChannelEvents(
+                self,
+                public[ADMISSION],
+                public[RATES],
+                server.max_header_bytes,
+                lambda s: self.metrics.errors(str(s)).inc(),
+            )
+
         try:
-            self.listeners["public"] = await listen(self.public_runner, port, count)
+            self.listeners["public"] = await listen(self.public_runner, port, count, lean)
         except OSError as exc:
             raise StartError(
                 f"cannot listen on {server.host}:{server.port}: {exc.strerror}"

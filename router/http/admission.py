@@ -63,17 +63,30 @@ class Admission:
     def refusal(self, request: web.BaseRequest) -> InputError | None:
         """The first check the request fails, from its headers alone; counted once."""
         if self.stopping:
-            return InputError(
-                503,
-                "stopping",
-                "the router is stopping; send it again shortly",
-                headers={"Retry-After": str(self.retry_after)},
-                close=True,
-            )
+            return self.stopping_refusal()
         if request.get(_CHECKED):
             return None
         request[_CHECKED] = True
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        forwarded = request.headers.getall("X-Forwarded-For", []) if self.proxies else []
+        return self.header_refusal(
+            request.headers.get("Content-Encoding", ""),
+            request.content_length,
+            self.client_address(request.remote or "", forwarded),
+        )
+
+    def stopping_refusal(self) -> InputError:
+        return InputError(
+            503,
+            "stopping",
+            "the router is stopping; send it again shortly",
+            headers={"Retry-After": str(self.retry_after)},
+            close=True,
+        )
+
+    def header_refusal(self, encoding: str, length: int | None, address: str) -> InputError | None:
+        """Checks 2 to 4 above, for a request with this `Content-Encoding`, length and
+        client address; a request that passes takes its place under the address's rate."""
+        encoding = encoding.strip().lower()
         if encoding not in _IDENTITY:
             return InputError(
                 415,
@@ -81,7 +94,6 @@ class Admission:
                 f"Content-Encoding {encoding[:40]!r} is not accepted; send the body as is",
                 close=True,
             )
-        length = request.content_length
         if length is not None and length > self.max_body:
             return InputError(
                 413,
@@ -91,23 +103,19 @@ class Admission:
             )
         limits = self.limits()
         wait = self.addresses.take(
-            self.client_address(request),
-            self.clock.now(),
-            limits.address_rate_per_s,
-            limits.address_burst,
+            address, self.clock.now(), limits.address_rate_per_s, limits.address_burst
         )
         if wait > 0:
             return rate_limited("this address", wait)
         return None
 
-    def client_address(self, request: web.BaseRequest) -> str:
+    def client_address(self, peer: str, forwarded: list[str]) -> str:
         """The socket's peer, or, behind a trusted proxy, the nearest address in
-        `X-Forwarded-For` that is not one of the trusted proxies."""
-        peer = request.remote or ""
+        `X-Forwarded-For` (all its `forwarded` values) that is not one of the trusted
+        proxies."""
         if not self.proxies or not self._trusted(peer):
             return peer
-        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        hops = [hop.strip() for hop in ",".join(forwarded).split(",") if hop.strip()]
         for hop in reversed(hops):
             if not self._trusted(hop):
                 return hop
@@ -124,17 +132,24 @@ class Admission:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.in_flight += 1
-        self._idle.clear()
+        self.enter()
         try:
             refused = self.refusal(request)
             if refused is not None:
                 raise refused
             return await handler(request)
         finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self.leave()
+
+    def enter(self) -> None:
+        """A request is under way (a stop lets it finish); `leave` once it is answered."""
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """Before `100 Continue`: the checks above, answered at once, body unsent."""

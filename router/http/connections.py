@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from router.http.errors import JsonErrorServer
-from router.http.guard import Guard, GuardedProtocol, canned_answer
+from router.http.guard import Guard, GuardedProtocol, Lean, canned_answer
 
 __all__ = ["ConnectionLimits", "GuardedSite", "Listener", "load_tls", "peer_address"]
 
@@ -76,11 +76,13 @@ class Listener:
         guard: Guard,
         limits: ConnectionLimits,
         tls: ssl.SSLContext | None = None,
+        lean: Lean | None = None,
     ) -> None:
         self.server = server
         self.guard = guard
         self.limits = limits
         self.tls = tls
+        self.lean = lean
         self.handshakes: set[Gate] = set()
 
     def __call__(self) -> Gate:
@@ -93,6 +95,7 @@ class Listener:
             guard=self.guard,
             ticket=place,
             on_error=server.on_error,
+            lean=self.lean,
             loop=server._loop,
             **server._kwargs,
         )

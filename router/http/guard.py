@@ -17,34 +17,46 @@ Each connection's counting ticket (see `router.http.connections`) is returned wh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from functools import partial
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.streams import StreamReader
 
 from router.http.errors import JsonErrorProtocol, OnError
 from router.http.quiet import ThrottledLog
 from router.http.util import BodyTimeout
 
-__all__ = ["Guard", "GuardedProtocol", "Ticket", "canned_answer"]
+__all__ = ["Guard", "GuardedProtocol", "Lean", "Ticket", "canned_answer", "http_answer"]
 
 _HEADERS, _REQUEST = "headers", "request"
-_REASONS = {
-    408: "Request Timeout",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
+_NONE: Mapping[str, str] = {}
+_HELD_MAX = 64 * 1024  # bytes of a pipelined request held while a lean one is answered
 
 
 class Ticket(Protocol):
     """A connection's place under the caps; released once, however the connection ends."""
 
     def release(self) -> None: ...
+
+
+class Lean(Protocol):
+    """A path that serves some requests without aiohttp (`router.http.lean`)."""
+
+    def take(
+        self, data: bytes, transport: asyncio.Transport
+    ) -> Awaitable[tuple[bytes, bool]] | None:
+        """None unless `data` is one whole request it serves; else its answer, and whether
+        the connection closes after it."""
+        ...
 
 
 @dataclass
@@ -70,32 +82,80 @@ class Guard:
 def canned_answer(status: int, code: str, message: str, retry_after: int | None = None) -> bytes:
     """A whole HTTP answer in the router's JSON shape, for a connection that has no request
     aiohttp could answer (none yet, or one too slow or too large to finish)."""
-    body = orjson.dumps({"error": code, "message": message})
-    head = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    if retry_after is not None:
-        head.append(f"Retry-After: {retry_after}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+    return http_answer(status, error_body(code, message), headers, close=True)
+
+
+def error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": code, "message": message})
+
+
+def http_answer(
+    status: int, body: bytes, headers: Mapping[str, str] = _NONE, *, close: bool = False
+) -> bytes:
+    """A whole HTTP/1.1 answer with a JSON body, headed as aiohttp heads its own."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    if close:
+        extra += "Connection: close\r\n"
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nDate: {_date()}\r\nServer: {SERVER_SOFTWARE}\r\n"
+        f"{extra}\r\n"
+    ).encode("latin-1") + body
+
+
+_dated: list[tuple[int, str]] = [(0, "")]
+
+
+def _date() -> str:
+    """The `Date` header's value, made once a second."""
+    now = int(time.time())
+    second, text = _dated[0]
+    if second != now:
+        text = formatdate(now, usegmt=True)
+        _dated[0] = (now, text)
+    return text
 
 
 class GuardedProtocol(JsonErrorProtocol):
-    """aiohttp's protocol (with JSON errors), under the header and body deadlines."""
+    """aiohttp's protocol (with JSON errors), under the header and body deadlines; a
+    request the `lean` path takes is answered by it instead, in turn with the others."""
 
-    __slots__ = ("_guard", "_header_bytes", "_phase", "_ticket", "_timer")
+    __slots__ = (
+        "_guard",
+        "_header_bytes",
+        "_held",
+        "_lean",
+        "_lean_task",
+        "_phase",
+        "_ticket",
+        "_timer",
+    )
 
     def __init__(
-        self, manager: web.Server, *, guard: Guard, ticket: Ticket, on_error: OnError, **kw: Any
+        self,
+        manager: web.Server,
+        *,
+        guard: Guard,
+        ticket: Ticket,
+        on_error: OnError,
+        lean: Lean | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(manager, on_error=on_error, **kw)
         self._guard = guard
         self._ticket = ticket
+        self._lean = lean
         self._timer: Any = None
         self._phase = _HEADERS
         self._header_bytes = 0
+        # While a lean request is answered: the bytes that came after it, and its task.
+        self._held: list[bytes] | None = None
+        self._lean_task: asyncio.Task[None] | None = None
 
     # -- the connection ------------------------------------------------------------------
 
@@ -116,6 +176,23 @@ class GuardedProtocol(JsonErrorProtocol):
             self._ticket.release()
 
     def data_received(self, data: bytes) -> None:
+        if self._held is not None:  # the next request waits for the lean one's answer
+            self._held.append(data)
+            if sum(map(len, self._held)) > _HELD_MAX and self.transport is not None:
+                self.transport.pause_reading()
+            return
+        if (
+            self._lean is not None
+            and self._phase == _HEADERS
+            and self._header_bytes == 0
+            and not (self._messages or self._request_in_progress or self._close)
+            and not self._force_close
+            and self.transport is not None
+        ):
+            answer = self._lean.take(data, self.transport)
+            if answer is not None:
+                self._serve_lean(answer)
+                return
         if self._phase == _HEADERS:
             self._header_bytes += len(data)
         before = self._request_count
@@ -149,10 +226,51 @@ class GuardedProtocol(JsonErrorProtocol):
             request.content.on_eof(self._await_headers)
         return answered
 
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """A lean request under way gets what aiohttp gives its own: `timeout`, then cut."""
+        task = self._lean_task
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout)
+            task.cancel()
+        await super().shutdown(timeout)
+
+    def _process_keepalive(self) -> None:
+        if self._held is not None:  # a lean request is under way: the connection is not idle
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        super()._process_keepalive()
+
     def log_exception(self, *args: Any, **kw: Any) -> None:
         if isinstance(kw.get("exc_info"), BodyTimeout):
             return  # already counted by `_body_late`
         super().log_exception(*args, **kw)
+
+    # -- the lean path -------------------------------------------------------------------
+
+    def _serve_lean(self, answer: Awaitable[tuple[bytes, bool]]) -> None:
+        self._cancel()
+        self._phase = _REQUEST
+        self._request_count += 1
+        self._held = []
+        self._lean_task = self._loop.create_task(self._answer_lean(answer))
+
+    async def _answer_lean(self, answer: Awaitable[tuple[bytes, bool]]) -> None:
+        try:
+            written, close = await answer
+        finally:
+            self._lean_task = None
+        held, self._held = self._held, None
+        transport = self.transport
+        if transport is None or self._force_close:
+            return  # the client left, or the port is closing
+        transport.write(written)
+        if close:
+            self.force_close()  # closes once the answer is written
+            return
+        self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        self._await_headers()
+        if held:
+            transport.resume_reading()
+            self.data_received(b"".join(held))
 
     # -- the deadlines -------------------------------------------------------------------
 

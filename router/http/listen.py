@@ -16,7 +16,7 @@ from typing import Any
 from router.config.settings import DebugConfig, ServerConfig
 from router.http.connections import ConnectionLimits, GuardedSite, Listener
 from router.http.errors import JsonErrorRunner, JsonErrorServer
-from router.http.guard import Guard
+from router.http.guard import Guard, Lean
 from router.io.fd_limit import connection_cap
 
 __all__ = [
@@ -83,15 +83,19 @@ def runner_options() -> dict[str, Any]:
 
 
 async def listen(
-    runner: JsonErrorRunner, port: Port, count: Callable[[str, str], None]
+    runner: JsonErrorRunner,
+    port: Port,
+    count: Callable[[str, str], None],
+    lean: Callable[[], Lean] | None = None,
 ) -> Listener:
     """Set the runner up and listen; `OSError` when the port cannot be had. `count` is told
-    of every connection refused or cut short, by port and reason."""
+    of every connection refused or cut short, by port and reason; `lean` makes the port's
+    lean path (`router.http.lean`), once the runner is set up."""
     await runner.setup()
     server = runner.server
     assert isinstance(server, JsonErrorServer)
     guard = Guard(port.name, port.header_timeout, port.body_timeout, port.max_header_bytes, count)
     limits = ConnectionLimits(port.max_connections, port.max_connections_per_address)
-    listener = Listener(server, guard, limits, port.tls)
+    listener = Listener(server, guard, limits, port.tls, None if lean is None else lean())
     await GuardedSite(runner, port.host, port.port, listener).start()
     return listener

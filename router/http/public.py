@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -21,7 +21,7 @@ from router.http.inbound import InputError, fold, parse_bot, parse_ccsp, parse_c
 from router.http.signed_callers import verify_caller
 from router.http.store_gate import unavailable
 from router.http.util import (
-    bearer_matches,
+    bearer_in,
     error_middleware,
     json_response,
     read_json,
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 ROUTER: web.AppKey[Router] = web.AppKey("router")
 ADMISSION: web.AppKey[Admission] = web.AppKey("admission", Admission)
 RATES: web.AppKey[IntakeRates] = web.AppKey("rates", IntakeRates)
+R = TypeVar("R")
 
 
 def public_app(router: Router) -> web.Application:
@@ -78,17 +79,21 @@ def counted(source: str, door: Door) -> Callable[[web.Request], Awaitable[web.Re
     accepted, or the error code it was refused with."""
 
     async def handler(request: web.Request) -> web.Response:
-        tally = Tally()
-        inbound = request.app[ROUTER].metrics.inbound
-        try:
-            response = await door(request, tally)
-        except Exception as exc:
-            inbound(source, tally.channel, _refusal(exc)).inc()
-            raise
-        inbound(source, tally.channel, tally.result).inc()
-        return response
+        return await tallied(request.app[ROUTER], source, lambda tally: door(request, tally))
 
     return handler
+
+
+async def tallied(router: Router, source: str, door: Callable[[Tally], Awaitable[R]]) -> R:
+    tally = Tally()
+    inbound = router.metrics.inbound
+    try:
+        answer = await door(tally)
+    except Exception as exc:
+        inbound(source, tally.channel, _refusal(exc)).inc()
+        raise
+    inbound(source, tally.channel, tally.result).inc()
+    return answer
 
 
 def _refusal(exc: Exception) -> str:
@@ -101,6 +106,7 @@ def _refusal(exc: Exception) -> str:
 
 
 ACCEPTED = {"accepted": True}
+DUPLICATE = {"accepted": True, "duplicate": True}
 
 
 async def _store_early(
@@ -151,18 +157,39 @@ _NO_TOKEN = "\x00no such id\x00"  # compared like a real token, so the timing te
 
 
 async def channel_event(request: web.Request, tally: Tally) -> web.Response:
-    router = request.app[ROUTER]
-    asset = router.config.asset(request.match_info["asset_id"])
+    status, answer = await channel_door(
+        request.app[ROUTER],
+        request.app[RATES],
+        request.match_info["asset_id"],
+        request.headers.get("Authorization", ""),
+        lambda: read_json(request),
+        tally,
+    )
+    return json_response(answer, status=status)
+
+
+async def channel_door(
+    router: Router,
+    rates: IntakeRates,
+    asset_id: str,
+    authorization: str,
+    read: Callable[[], Awaitable[Any]],
+    tally: Tally,
+) -> tuple[int, dict[str, bool]]:
+    """A channel event, from its asset id and `Authorization` header; its body is `read`
+    once the caller is known. Served through aiohttp (`channel_event`) and on the lean path
+    (`router.http.lean`) alike: (status, answer)."""
+    asset = router.config.asset(asset_id)
     expected = (
         router.rotation.accepted("token", f"channel:{asset.id}", asset.token)
         if asset is not None
         else _NO_TOKEN
     )
-    if not bearer_matches(request, expected) or asset is None:
+    if not bearer_in(authorization, expected) or asset is None:
         raise InputError(401, "unauthorized", CHANNEL_UNAUTHORIZED)
     tally.channel = asset.channel
-    request.app[RATES].check("asset", asset.id)
-    body = await read_json(request)
+    rates.check("asset", asset.id)
+    body = await read()
     event = parse_channel(body)
     intake = router.intake
     assert intake is not None
@@ -176,11 +203,11 @@ async def channel_event(request: web.Request, tally: Tally) -> web.Response:
     )
     if duplicate:
         tally.result = "duplicate"
-        return json_response({"accepted": True, "duplicate": True}, status=200)
+        return 200, DUPLICATE
     # Not routed yet: it needs a read or a write first, now that it is stored.
     if not (routed and routed[0]) and not await intake.route_channel(asset, event, inbox_id):
         tally.result = "unrouted"
-    return json_response(ACCEPTED, status=202)
+    return 202, ACCEPTED
 
 
 async def bot_event(request: web.Request, tally: Tally) -> web.Response:
@@ -201,7 +228,7 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
         dedupe = await _signed(request, "bot", integration_id, integration.signing_secret)
         if dedupe is None:
             tally.result = "duplicate"
-            return json_response({"accepted": True, "duplicate": True}, status=200)
+            return json_response(DUPLICATE, status=200)
     event = parse_bot(body)
     assert router.intake is not None
     conversation = await router.intake.check_bot(integration_id, event)
@@ -223,7 +250,7 @@ async def bot_event(request: web.Request, tally: Tally) -> web.Response:
     _, duplicate = await _store_early(router, "bot", integration_id, dedupe, body, route)
     if duplicate:  # the same signed call twice at once: the other was stored
         tally.result = "duplicate"
-        return json_response({"accepted": True, "duplicate": True}, status=200)
+        return json_response(DUPLICATE, status=200)
     return json_response(answer, status=202)
 
 
@@ -248,7 +275,7 @@ async def ccsp_event(request: web.Request, tally: Tally) -> web.Response:
         dedupe = await _signed(request, "ccsp", ccsp_id, ccsp.signing_secret)
         if dedupe is None:
             tally.result = "duplicate"
-            return json_response({"accepted": True, "duplicate": True}, status=200)
+            return json_response(DUPLICATE, status=200)
     event = parse_ccsp(body)
     assert router.intake is not None
     conversation = await router.intake.check_ccsp(ccsp_id, event)
@@ -261,5 +288,5 @@ async def ccsp_event(request: web.Request, tally: Tally) -> web.Response:
     _, duplicate = await _store_early(router, "ccsp", ccsp_id, dedupe, body, route)
     if duplicate:
         tally.result = "duplicate"
-        return json_response({"accepted": True, "duplicate": True}, status=200)
+        return json_response(DUPLICATE, status=200)
     return json_response(ACCEPTED, status=202)

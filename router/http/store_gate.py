@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
 
 from router.http.inbound import InputError
-from router.http.util import Handler, error_response, redact_path
+from router.http.util import Handler, redact_path
 from router.io.health import StoreHealth, WriteRefused
 
 __all__ = ["RETRY_AFTER_S", "StoreGate", "StoreUnavailable"]
@@ -35,17 +36,17 @@ ADMIN = "/v1/admin/"
 # Whether the request running in this task was admitted; each request is its own task.
 _admitted: ContextVar[bool] = ContextVar("store_gate_admitted", default=False)
 _log = structlog.get_logger("router.http")
+T = TypeVar("T")
 
 
 class StoreUnavailable(InputError):
     def __init__(self, message: str) -> None:
-        super().__init__(503, CODE, message)
+        super().__init__(503, CODE, message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 class StoreGate:
-    def __init__(self, health: StoreHealth, on_error: Callable[[int], None]) -> None:
+    def __init__(self, health: StoreHealth) -> None:
         self.health = health
-        self.on_error = on_error
         self.recovering = False  # set by the daemon's recovery, on the loop
         self.writing = 0
         self._idle = asyncio.Event()
@@ -88,32 +89,29 @@ class StoreGate:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await self.passing(request.method, request.path, lambda: handler(request))
+
+    async def passing(self, method: str, path: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One request through the gate: refused at once when it would write while the store
+        cannot take it; counted while admitted; a failed write of its own (or the read it
+        needed) raised as `StoreUnavailable`."""
         token = _admitted.set(False)
         try:
-            if request.method not in READS:
+            if method not in READS:
                 refused = self.refusal()
                 if refused is not None:
                     raise refused
-                if request.path.startswith(ADMIN):
+                if path.startswith(ADMIN):
                     self.admit()
-            return await handler(request)
-        except StoreUnavailable as exc:
-            return self._unavailable(exc.message)
+            return await call()
         except (sqlite3.Error, WriteRefused) as exc:
-            # The request's own write (or the read it needed) failed: on disk or not, it is
-            # not acknowledged, and the caller may safely send it again.
-            _log.warning("store_unavailable", path=redact_path(request.path), error=str(exc))
-            return self._unavailable(f"the store could not commit: {exc}")
+            # On disk or not, it is not acknowledged, and the caller may safely send it again.
+            _log.warning("store_unavailable", path=redact_path(path), error=str(exc))
+            raise unavailable(exc) from None
         finally:
             if _admitted.get():
                 self._release()
             _admitted.reset(token)
-
-    def _unavailable(self, message: str) -> web.Response:
-        self.on_error(503)
-        response = error_response(503, CODE, message)
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        return response
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:

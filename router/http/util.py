@@ -19,6 +19,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_JSON_DEPTH = 64
 
+_log = structlog.get_logger("router.http")
+
 _STATUS_CODES = {
     400: "invalid_request",
     401: "unauthorized",
@@ -143,7 +145,11 @@ def _matches(given: bytes, expected: Expected) -> bool:
 
 
 def bearer_matches(request: web.Request, expected: Expected) -> bool:
-    header = request.headers.get("Authorization", "")
+    return bearer_in(request.headers.get("Authorization", ""), expected)
+
+
+def bearer_in(header: str, expected: Expected) -> bool:
+    """Whether an `Authorization` header's value carries one of the expected bearer tokens."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
@@ -178,20 +184,19 @@ def webhook_url(base: str, kind: str, item_id: str, token: str) -> str:
     return f"{base}/v1/{kind}/{quote(item_id, safe='')}/{quote(token, safe='')}"
 
 
-def error_middleware(on_error: Callable[[int], None]) -> Any:
-    log = structlog.get_logger("router.http")
+def as_input_error(exc: Exception, method: str, path: str) -> InputError:
+    """The answer an exception out of a door gets: its own if it is one, else a logged 500."""
+    if isinstance(exc, InputError):
+        return exc
+    _log.error("request_failed", method=method, path=redact_path(path), exc_info=exc)
+    return InputError(500, "internal_error", "the request could not be handled")
 
+
+def error_middleware(on_error: Callable[[int], None]) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except InputError as exc:
-            on_error(exc.status)
-            response = error_response(exc.status, exc.code, exc.message)
-            response.headers.update(exc.headers)
-            if exc.close:
-                response.force_close()
-            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -201,9 +206,13 @@ def error_middleware(on_error: Callable[[int], None]) -> Any:
             if exc.status == 413:
                 message = f"the body is larger than the limit of {request.client_max_size} bytes"
             return error_response(exc.status, code, message)
-        except Exception:
-            log.exception("request_failed", method=request.method, path=redact_path(request.path))
-            on_error(500)
-            return error_response(500, "internal_error", "the request could not be handled")
+        except Exception as exc:
+            error = as_input_error(exc, request.method, request.path)
+            on_error(error.status)
+            response = error_response(error.status, error.code, error.message)
+            response.headers.update(error.headers)
+            if error.close:
+                response.force_close()
+            return response
 
     return middleware

@@ -1,0 +1,211 @@
+"""The lean path for channel events (`router.http.lean`): which requests it takes, and that
+what it answers is what aiohttp answers the same request, in turn with the others on the
+connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from router.http.lean import parse_request
+from tests.conftest import ASSET_TOKEN, Daemon, Peers
+
+EVENTS = "/v1/channels/fb-page-1/events"
+MAX_HEAD, MAX_BODY = 8192, 4096
+
+
+def body_of(message_id: str) -> bytes:
+    return orjson.dumps(
+        {"Event": "Incoming message", "Userid": "u1", "Message": "hi", "Messageid": message_id}
+    )
+
+
+def request(
+    body: bytes, *extra: str, token: str = ASSET_TOKEN, path: str = EVENTS, length: Any = None
+) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: x",
+        f"Authorization: Bearer {token}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body) if length is None else length}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+# -- which requests it takes ---------------------------------------------------------------
+
+
+def test_a_plain_channel_event_is_taken_with_what_its_door_needs() -> None:
+    taken = parse_request(
+        request(body_of("m1"), "X-Forwarded-For: 10.0.0.1", "X-Forwarded-For: 10.0.0.2"),
+        MAX_HEAD,
+        MAX_BODY,
+    )
+    assert taken is not None
+    assert (taken.asset_id, taken.authorization, taken.forwarded, taken.close) == (
+        "fb-page-1",
+        f"Bearer {ASSET_TOKEN}",
+        ["10.0.0.1", "10.0.0.2"],
+        False,
+    )
+    assert taken.body == body_of("m1") and taken.path == EVENTS
+    closing = parse_request(request(b"{}", "Connection: close"), MAX_HEAD, MAX_BODY)
+    assert closing is not None and closing.close
+
+
+BODY = body_of("m1")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(request(BODY)[:-1], id="body-not-whole"),
+        pytest.param(request(BODY)[:40], id="head-not-whole"),
+        pytest.param(request(BODY) + request(BODY), id="pipelined-pair"),
+        pytest.param(request(BODY, "Transfer-Encoding: chunked"), id="transfer-encoding"),
+        pytest.param(request(BODY, "Expect: 100-continue"), id="expect"),
+        pytest.param(request(BODY, "Content-Encoding: identity"), id="content-encoding"),
+        pytest.param(request(BODY, "Upgrade: websocket"), id="upgrade"),
+        pytest.param(request(BODY, "Connection: Upgrade"), id="connection-other"),
+        pytest.param(request(BODY, f"Content-Length: {len(BODY)}"), id="two-lengths"),
+        pytest.param(request(BODY, "Authorization: Bearer other"), id="two-authorizations"),
+        pytest.param(request(BODY, length="+75"), id="length-signed"),
+        pytest.param(request(BODY, length=f" {len(BODY)}x"), id="length-not-digits"),
+        pytest.param(request(b"x" * (MAX_BODY + 1)), id="body-over-limit"),
+        pytest.param(request(BODY, "X-Big: " + "a" * MAX_HEAD), id="head-over-limit"),
+        pytest.param(request(BODY, path=EVENTS + "?x=1"), id="query"),
+        pytest.param(request(BODY, path="/v1/channels/fb%2Dpage-1/events"), id="percent"),
+        pytest.param(request(BODY, path="/v1/channels/fb-page-1/events/"), id="other-path"),
+        pytest.param(request(BODY).replace(b"HTTP/1.1", b"HTTP/1.0", 1), id="http-1.0"),
+        pytest.param(request(BODY).replace(b"POST", b"post", 1), id="method-case"),
+        pytest.param(request(BODY, " folded"), id="obs-fold"),
+        pytest.param(request(BODY, "Bad Name: x"), id="bad-name"),
+        pytest.param(request(BODY, "X-Ctl: a\x01b"), id="control-in-value"),
+        pytest.param(request(BODY).replace(b"\r\n", b"\n"), id="bare-newlines"),
+    ],
+)
+def test_anything_but_a_plain_whole_request_is_left_to_aiohttp(data: bytes) -> None:
+    assert parse_request(data, MAX_HEAD, MAX_BODY) is None
+
+
+# -- what it answers -----------------------------------------------------------------------
+
+
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self) -> tuple[str, dict[str, str], bytes]:
+        """The next whole answer: its status line, headers (lower-cased, no `Date`), body."""
+        async with asyncio.timeout(10):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        headers.pop("date")
+        return status, headers, body
+
+
+@pytest.fixture
+async def connect(daemon: Daemon) -> AsyncIterator[Any]:
+    opened: list[Conn] = []
+
+    async def open_one() -> Conn:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.router.public_port)
+        opened.append(Conn(reader, writer))
+        return opened[-1]
+
+    yield open_one
+    for conn in opened:
+        conn.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("new", 202), ("duplicate", 200), ("token", 401), ("not-json", 400), ("incomplete", 400)],
+)
+async def test_the_lean_answer_is_what_aiohttp_answers(
+    daemon: Daemon, connect: Any, monkeypatch: pytest.MonkeyPatch, kind: str, status: int
+) -> None:
+    """The same request, once plain (the lean path) and once with a header that sends it to
+    aiohttp (`Content-Encoding: identity`, which changes nothing else), on one connection."""
+    lean_path = daemon.router.listeners["public"].lean
+    assert lean_path is not None
+    taken: list[bool] = []
+    take = lean_path.take
+
+    def counted(data: bytes, transport: Any) -> Any:
+        answer = take(data, transport)
+        taken.append(answer is not None)
+        return answer
+
+    monkeypatch.setattr(lean_path, "take", counted)
+    bodies = {"not-json": b"{not json", "incomplete": b'{"Event": "Incoming message"}'}
+    token = "wrong" if kind == "token" else ASSET_TOKEN
+
+    def body(n: int) -> bytes:
+        return body_of(f"n{n}") if kind == "new" else bodies.get(kind, BODY)
+
+    conn = await connect()
+    if kind == "duplicate":
+        await conn.send(request(BODY))
+        assert (await conn.answer())[0] == "HTTP/1.1 202 Accepted"
+    await conn.send(request(body(1), token=token))
+    lean = await conn.answer()
+    await conn.send(request(body(2), "Content-Encoding: identity", token=token))
+    through_aiohttp = await conn.answer()
+    assert lean[0].split()[1] == str(status), lean
+    assert lean == through_aiohttp
+    assert taken[-2:] == [True, False]
+
+
+async def test_requests_on_one_connection_are_answered_in_order(peers: Peers, connect: Any) -> None:
+    """One sent while a lean request waits for its commit is answered after it; a pair sent
+    in one write goes to aiohttp whole; both in turn."""
+    conn = await connect()
+    await conn.send(request(body_of("a1")))
+    await conn.send(request(body_of("a2"), token="wrong"))
+    await conn.send(request(body_of("a3")) + request(body_of("a4"), token="wrong"))
+    await conn.send(request(body_of("a5")))
+    statuses = [(await conn.answer())[0].split()[1] for _ in range(5)]
+    assert statuses == ["202", "401", "202", "401", "202"]
+    got = await peers.bot.wait_for(3)
+    assert {m["Messageid"] for m in got} == {"a1", "a3", "a5"}
+
+
+async def test_a_request_split_over_reads_is_served_through_aiohttp(
+    peers: Peers, connect: Any
+) -> None:
+    conn = await connect()
+    data = request(body_of("s1"))
+    await conn.send(data[:60])
+    await asyncio.sleep(0.05)  # most likely a read of its own; the answer is the same anyway
+    await conn.send(data[60:])
+    assert (await conn.answer())[0] == "HTTP/1.1 202 Accepted"
+    await peers.bot.wait_for(1)
+
+
+async def test_connection_close_is_answered_and_closed(connect: Any) -> None:
+    conn = await connect()
+    await conn.send(request(body_of("c1"), "Connection: close"))
+    status, headers, body = await conn.answer()
+    assert (status, headers["connection"], orjson.loads(body)) == (
+        "HTTP/1.1 202 Accepted",
+        "close",
+        {"accepted": True},
+    )
+    async with asyncio.timeout(10):
+        assert await conn.reader.read() == b""

@@ -6,7 +6,7 @@ The HTTP doors call `check_*` before storing (so that a wrong request gets its 4
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -23,7 +23,7 @@ from router.domain.events import (
     CustomerEvent,
     InboundEvent,
 )
-from router.domain.rules import flows_for_bot_event, route_channel_event
+from router.domain.rules import ChannelRoute, flows_for_bot_event, route_channel_event
 from router.domain.state import Conversation
 from router.http.inbound import BotInput, CcspInput, ChannelInput, InputError
 from router.io.records import (
@@ -48,9 +48,22 @@ def unknown_conversation(conversation_id: str) -> InputError:
 
 @dataclass
 class Intake:
-    config: Config
+    config: Config  # replaced whole by a reload
     store: Store
     core: Ref
+    # Each asset's channel route under `config`, found once per config: not per message.
+    _routes: dict[str, ChannelRoute | None] = field(default_factory=dict)
+    _routes_of: Config | None = None
+
+    def _route(self, asset: AssetConfig) -> ChannelRoute | None:
+        if self._routes_of is not self.config:
+            self._routes.clear()
+            self._routes_of = self.config
+        try:
+            return self._routes[asset.id]
+        except KeyError:
+            route = self._routes[asset.id] = route_channel_event(self.config, asset)
+            return route
 
     async def finish(self, inbox_id: int, status: str) -> None:
         """Record a stored event that will not reach a conversation (unrouted, rejected)."""
@@ -63,7 +76,7 @@ class Intake:
         or it is a delivery report, whose sender is looked up."""
         if event.event == "Message Delivery":
             return False
-        route = route_channel_event(self.config, asset)
+        route = self._route(asset)
         if route is None:
             return False
         customer = CustomerEvent(inbox_id, event.event, event.message_id, event.fields)
@@ -74,7 +87,7 @@ class Intake:
         """False when no rule of the asset's service takes the event; it is kept as unrouted."""
         if self.route_channel_now(asset, event, inbox_id):
             return True
-        route = route_channel_event(self.config, asset)
+        route = self._route(asset)
         if route is None:
             _log.warning(
                 "channel_event_unrouted",

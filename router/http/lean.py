@@ -24,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -45,15 +44,17 @@ _AIOHTTP_MAX_HEADERS = 128
 _MAX_LENGTH_DIGITS = 12
 
 _REQUEST_LINE = re.compile(rb"POST /v1/channels/([A-Za-z0-9._~-]+)/events HTTP/1\.1\r\n")
-_FIELD = rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n"
+# A header line: a token, a colon, a value without control characters (a tab allowed); the
+# value's surrounding blanks are stripped where it is read.
+_FIELD = rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"
 _FIELDS = re.compile(rb"(?:" + _FIELD + rb")*")
 _ONE_FIELD = re.compile(_FIELD)
+_BLANKS = b" \t"
 # Headers that make a request anything but plain; aiohttp knows what to do with each.
 _NOT_PLAIN = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"})
 
 
-@dataclass(frozen=True, slots=True)
-class LeanRequest:
+class LeanRequest(NamedTuple):
     asset_id: str
     authorization: str
     forwarded: list[str]
@@ -87,8 +88,9 @@ def parse_request(data: bytes, max_head: int, max_body: int) -> LeanRequest | No
     authorization: bytes | None = None
     forwarded: list[str] = []
     close = False
-    for name, value in fields:
+    for name, raw in fields:
         key = name.lower()
+        value = raw.strip(_BLANKS)
         if key == b"content-length":
             if length is not None or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
                 return None

@@ -89,6 +89,11 @@ BODY = body_of("m1")
         pytest.param(request(BODY, "Bad Name: x"), id="bad-name"),
         pytest.param(request(BODY, "X-Ctl: a\x01b"), id="control-in-value"),
         pytest.param(request(BODY).replace(b"\r\n", b"\n"), id="bare-newlines"),
+        pytest.param(request(BODY).replace(b"Host: x\r\n", b""), id="no-host"),
+        pytest.param(request(BODY, "Host: y"), id="two-hosts"),
+        pytest.param(request(BODY, "Content-Type: text/plain"), id="two-content-types"),
+        pytest.param(request(BODY, "Proxy-Connection: close"), id="proxy-connection"),
+        pytest.param(request(BODY, "Sec-WebSocket-Key1: x"), id="sec-websocket-key1"),
     ],
 )
 def test_anything_but_a_plain_whole_request_is_left_to_aiohttp(data: bytes) -> None:
@@ -184,6 +189,23 @@ async def test_requests_on_one_connection_are_answered_in_order(peers: Peers, co
     assert statuses == ["202", "401", "202", "401", "202"]
     got = await peers.bot.wait_for(3)
     assert {m["Messageid"] for m in got} == {"a1", "a3", "a5"}
+
+
+async def test_once_aiohttp_has_read_part_of_a_request_it_reads_the_rest(
+    peers: Peers, connect: Any
+) -> None:
+    """A head left unfinished behind an answered request is finished by the next read, even
+    one that would be a whole channel event on its own: it belongs to the unfinished one."""
+    conn = await connect()
+    await conn.send(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\nPOST /other HTTP/1.1\r\nX-Pad: ")
+    assert (await conn.answer())[0].split()[1] == "404"
+    await conn.send(request(body_of("d1")))
+    status, _, body = await conn.answer()
+    assert status.split()[1] != "202", body  # the /other request, whatever aiohttp made of it
+    await conn.send(request(body_of("d2")))
+    assert (await conn.answer())[0] == "HTTP/1.1 202 Accepted"
+    got = await peers.bot.wait_for(1)
+    assert [m["Messageid"] for m in got] == ["d2"]
 
 
 async def test_a_request_split_over_reads_is_served_through_aiohttp(

@@ -27,6 +27,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 import orjson
+import structlog
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.streams import StreamReader
@@ -37,6 +38,7 @@ from router.http.util import BodyTimeout
 
 __all__ = ["Guard", "GuardedProtocol", "Lean", "Ticket", "canned_answer", "http_answer"]
 
+_log = structlog.get_logger("router.http")
 _HEADERS, _REQUEST = "headers", "request"
 _NONE: Mapping[str, str] = {}
 _HELD_MAX = 64 * 1024  # bytes of a pipelined request held while a lean one is answered
@@ -99,12 +101,11 @@ def http_answer(
     except ValueError:
         reason = "Error"
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    if close:
-        extra += "Connection: close\r\n"
+    closing = "Connection: close\r\n" if close else ""
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(body)}\r\nDate: {_date()}\r\nServer: {SERVER_SOFTWARE}\r\n"
-        f"{extra}\r\n"
+        f"{closing}\r\n"
     ).encode("latin-1") + body
 
 
@@ -129,6 +130,7 @@ class GuardedProtocol(JsonErrorProtocol):
         "_guard",
         "_header_bytes",
         "_held",
+        "_held_bytes",
         "_lean",
         "_lean_task",
         "_phase",
@@ -155,6 +157,7 @@ class GuardedProtocol(JsonErrorProtocol):
         self._header_bytes = 0
         # While a lean request is answered: the bytes that came after it, and its task.
         self._held: list[bytes] | None = None
+        self._held_bytes = 0
         self._lean_task: asyncio.Task[None] | None = None
 
     # -- the connection ------------------------------------------------------------------
@@ -178,21 +181,23 @@ class GuardedProtocol(JsonErrorProtocol):
     def data_received(self, data: bytes) -> None:
         if self._held is not None:  # the next request waits for the lean one's answer
             self._held.append(data)
-            if sum(map(len, self._held)) > _HELD_MAX and self.transport is not None:
-                self.transport.pause_reading()
+            self._held_bytes += len(data)
+            if self._held_bytes > _HELD_MAX and not self._buffer_paused:
+                self._pause_reading_for_buffer()
             return
-        if (
-            self._lean is not None
-            and self._phase == _HEADERS
-            and self._header_bytes == 0
-            and not (self._messages or self._request_in_progress or self._close)
-            and not self._force_close
-            and self.transport is not None
-        ):
-            answer = self._lean.take(data, self.transport)
-            if answer is not None:
-                self._serve_lean(answer)
-                return
+        if self._lean is not None and self.transport is not None:
+            if (
+                self._phase == _HEADERS
+                and not (self._messages or self._request_in_progress or self._close)
+                and not self._force_close
+            ):
+                answer = self._lean.take(data, self.transport)
+                if answer is not None:
+                    self._serve_lean(answer)
+                    return
+            # aiohttp's parser keeps what it has read of a request; once it has read any
+            # byte, only it knows where the next request starts.
+            self._lean = None
         if self._phase == _HEADERS:
             self._header_bytes += len(data)
         before = self._request_count
@@ -254,22 +259,33 @@ class GuardedProtocol(JsonErrorProtocol):
         self._lean_task = self._loop.create_task(self._answer_lean(answer))
 
     async def _answer_lean(self, answer: Awaitable[tuple[bytes, bool]]) -> None:
+        go_on = False
         try:
             written, close = await answer
+            transport = self.transport
+            if transport is not None and not self._force_close:
+                transport.write(written)
+                if close:
+                    self.force_close()  # closes once the answer is written
+                else:
+                    if self._paused:  # a client that does not read waits, as aiohttp makes it
+                        await self._drain_helper()
+                    go_on = True
+        except ConnectionResetError:
+            pass  # gone while its answer waited to be written
+        except Exception as exc:  # `answer` turns every error into one; this is a bug
+            _log.error("request_failed", method="POST", path="(lean)", exc_info=exc)
+            self.force_close()
         finally:
             self._lean_task = None
-        held, self._held = self._held, None
-        transport = self.transport
-        if transport is None or self._force_close:
-            return  # the client left, or the port is closing
-        transport.write(written)
-        if close:
-            self.force_close()  # closes once the answer is written
+            held, self._held, self._held_bytes = self._held, None, 0
+        if not go_on:
             return
         self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
         self._await_headers()
+        if self._buffer_paused:
+            self._resume_reading_for_buffer()
         if held:
-            transport.resume_reading()
             self.data_received(b"".join(held))
 
     # -- the deadlines -------------------------------------------------------------------

@@ -62,7 +62,9 @@ class Intake:
         try:
             return self._routes[asset.id]
         except KeyError:
-            route = self._routes[asset.id] = route_channel_event(self.config, asset)
+            route = route_channel_event(self.config, asset)
+            if self.config.asset(asset.id) is asset:  # not one a reload has replaced since
+                self._routes[asset.id] = route
             return route
 
     async def finish(self, inbox_id: int, status: str) -> None:

@@ -9,8 +9,11 @@ exactly one whole, plain `POST /v1/channels/{asset_id}/events` is served here in
   `server.max_header_bytes`;
 - one `Content-Length`, within `server.max_body_bytes`, and the body whole in the same read,
   with nothing after it;
-- no `Transfer-Encoding`, `Expect`, `Upgrade` or `Content-Encoding`, one `Authorization`, and
-  `Connection` absent, `keep-alive` or `close`.
+- one `Host`; no header twice but `X-Forwarded-For`; no `Transfer-Encoding`, `Expect`,
+  `Upgrade`, `Content-Encoding` or `Proxy-Connection`; `Connection` absent, `keep-alive` or
+  `close`;
+- on a connection whose every earlier request was served here too: once aiohttp's parser has
+  read a byte of a connection, only it knows where the next request starts.
 
 It passes the same checks in the same order as through aiohttp (`router.http.admission`, the
 store gate, the door's token, rate and body checks), runs the same door
@@ -51,7 +54,16 @@ _FIELDS = re.compile(rb"(?:" + _FIELD + rb")*")
 _ONE_FIELD = re.compile(_FIELD)
 _BLANKS = b" \t"
 # Headers that make a request anything but plain; aiohttp knows what to do with each.
-_NOT_PLAIN = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"})
+_NOT_PLAIN = frozenset(
+    {
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"content-encoding",
+        b"proxy-connection",
+        b"sec-websocket-key1",
+    }
+)
 
 
 class LeanRequest(NamedTuple):
@@ -85,19 +97,21 @@ def parse_request(data: bytes, max_head: int, max_body: int) -> LeanRequest | No
     if len(fields) > _AIOHTTP_MAX_HEADERS:
         return None
     length: int | None = None
-    authorization: bytes | None = None
+    authorization = b""
     forwarded: list[str] = []
     close = False
+    seen: set[bytes] = set()
     for name, raw in fields:
         key = name.lower()
         value = raw.strip(_BLANKS)
+        if key in seen and key != b"x-forwarded-for":
+            return None  # aiohttp refuses some twice; it may say which
+        seen.add(key)
         if key == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+            if not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
                 return None
             length = int(value)
         elif key == b"authorization":
-            if authorization is not None:
-                return None
             authorization = value
         elif key == b"x-forwarded-for":
             forwarded.append(value.decode("utf-8", "surrogateescape"))
@@ -110,11 +124,11 @@ def parse_request(data: bytes, max_head: int, max_body: int) -> LeanRequest | No
         elif key in _NOT_PLAIN:
             return None
     body = data[end + 4 :]
-    if length is None or length != len(body) or length > max_body:
+    if length is None or length != len(body) or length > max_body or b"host" not in seen:
         return None
     return LeanRequest(
         line.group(1).decode("ascii"),
-        (authorization or b"").decode("utf-8", "surrogateescape"),
+        authorization.decode("utf-8", "surrogateescape"),
         forwarded,
         length,
         body,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -527,3 +528,17 @@ async def test_a_rule_may_name_a_bot_created_over_the_admin_api(
     # Still managed over the API (not `defined_in_config`), and now in use by a rule.
     status, refused = await daemon.admin("DELETE", "/v1/admin/integrations/api-bot")
     assert (status, refused["error"]) == (409, "in_use")
+
+
+async def test_a_route_found_for_an_asset_a_reload_replaced_is_not_kept(daemon: Daemon) -> None:
+    """A request that looked its asset up before a reload routes by what it looked up; the
+    route it finds is not kept for the asset's next events under the new file."""
+    intake = daemon.router.intake
+    assert intake is not None
+    stale = daemon.router.config.asset("fb-page-1")
+    assert stale is not None
+    moved = replace(stale, service="no-such-service")
+    others = tuple(a for a in daemon.router.config.assets if a.id != stale.id)
+    intake.config = replace(daemon.router.config, assets=(moved, *others))  # as a reload does
+    assert intake._route(stale) is not None  # its old service still has a rule
+    assert intake._route(moved) is None

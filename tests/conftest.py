@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -254,3 +255,46 @@ async def start_router(peers: Peers, tmp_path: Path) -> AsyncIterator[StartRoute
 @pytest.fixture
 async def daemon(start_router: StartRouter) -> Daemon:
     return await start_router()
+
+
+# -- raw connections ---------------------------------------------------------------------
+
+
+class Conn:
+    """A raw connection from a loopback address of its own."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def until_closed(self, timeout: float = 10.0) -> bytes:
+        """Everything the server sends until it closes the connection."""
+        async with asyncio.timeout(timeout):
+            return await self.reader.read()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+Connect = Callable[..., Awaitable[Conn]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Opens raw connections, and closes every one of them after the test."""
+    opened: list[Conn] = []
+
+    async def open_one(port: int, source: str = "127.0.0.1") -> Conn:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        opened.append(Conn(reader, writer))
+        return opened[-1]
+
+    yield open_one
+    for conn in opened:
+        conn.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.wait_closed()

@@ -5,15 +5,13 @@ connection."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
 from router.http.lean import parse_request
-from tests.conftest import ASSET_TOKEN, Daemon, Peers
+from tests.conftest import ASSET_TOKEN, Conn, Connect, Daemon, Peers
 
 EVENTS = "/v1/channels/fb-page-1/events"
 MAX_HEAD, MAX_BODY = 8192, 4096
@@ -103,39 +101,15 @@ def test_anything_but_a_plain_whole_request_is_left_to_aiohttp(data: bytes) -> N
 # -- what it answers -----------------------------------------------------------------------
 
 
-class Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def answer(self) -> tuple[str, dict[str, str], bytes]:
-        """The next whole answer: its status line, headers (lower-cased, no `Date`), body."""
-        async with asyncio.timeout(10):
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            status, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
-            headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
-            body = await self.reader.readexactly(int(headers["content-length"]))
-        headers.pop("date")
-        return status, headers, body
-
-
-@pytest.fixture
-async def connect(daemon: Daemon) -> AsyncIterator[Any]:
-    opened: list[Conn] = []
-
-    async def open_one() -> Conn:
-        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.router.public_port)
-        opened.append(Conn(reader, writer))
-        return opened[-1]
-
-    yield open_one
-    for conn in opened:
-        conn.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.wait_closed()
+async def answer(conn: Conn) -> tuple[str, dict[str, str], bytes]:
+    """The next whole answer: its status line, headers (lower-cased, no `Date`), body."""
+    async with asyncio.timeout(10):
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+        body = await conn.reader.readexactly(int(headers["content-length"]))
+    headers.pop("date")
+    return status, headers, body
 
 
 @pytest.mark.parametrize(
@@ -143,7 +117,7 @@ async def connect(daemon: Daemon) -> AsyncIterator[Any]:
     [("new", 202), ("duplicate", 200), ("token", 401), ("not-json", 400), ("incomplete", 400)],
 )
 async def test_the_lean_answer_is_what_aiohttp_answers(
-    daemon: Daemon, connect: Any, monkeypatch: pytest.MonkeyPatch, kind: str, status: int
+    daemon: Daemon, connect: Connect, monkeypatch: pytest.MonkeyPatch, kind: str, status: int
 ) -> None:
     """The same request, once plain (the lean path) and once with a header that sends it to
     aiohttp (`Content-Encoding: identity`, which changes nothing else), on one connection."""
@@ -164,66 +138,68 @@ async def test_the_lean_answer_is_what_aiohttp_answers(
     def body(n: int) -> bytes:
         return body_of(f"n{n}") if kind == "new" else bodies.get(kind, BODY)
 
-    conn = await connect()
+    conn = await connect(daemon.router.public_port)
     if kind == "duplicate":
         await conn.send(request(BODY))
-        assert (await conn.answer())[0] == "HTTP/1.1 202 Accepted"
+        assert (await answer(conn))[0] == "HTTP/1.1 202 Accepted"
     await conn.send(request(body(1), token=token))
-    lean = await conn.answer()
+    lean = await answer(conn)
     await conn.send(request(body(2), "Content-Encoding: identity", token=token))
-    through_aiohttp = await conn.answer()
+    through_aiohttp = await answer(conn)
     assert lean[0].split()[1] == str(status), lean
     assert lean == through_aiohttp
     assert taken[-2:] == [True, False]
 
 
-async def test_requests_on_one_connection_are_answered_in_order(peers: Peers, connect: Any) -> None:
+async def test_requests_on_one_connection_are_answered_in_order(
+    daemon: Daemon, peers: Peers, connect: Connect
+) -> None:
     """One sent while a lean request waits for its commit is answered after it; a pair sent
     in one write goes to aiohttp whole; both in turn."""
-    conn = await connect()
+    conn = await connect(daemon.router.public_port)
     await conn.send(request(body_of("a1")))
     await conn.send(request(body_of("a2"), token="wrong"))
     await conn.send(request(body_of("a3")) + request(body_of("a4"), token="wrong"))
     await conn.send(request(body_of("a5")))
-    statuses = [(await conn.answer())[0].split()[1] for _ in range(5)]
+    statuses = [(await answer(conn))[0].split()[1] for _ in range(5)]
     assert statuses == ["202", "401", "202", "401", "202"]
     got = await peers.bot.wait_for(3)
     assert {m["Messageid"] for m in got} == {"a1", "a3", "a5"}
 
 
 async def test_once_aiohttp_has_read_part_of_a_request_it_reads_the_rest(
-    peers: Peers, connect: Any
+    daemon: Daemon, peers: Peers, connect: Connect
 ) -> None:
     """A head left unfinished behind an answered request is finished by the next read, even
     one that would be a whole channel event on its own: it belongs to the unfinished one."""
-    conn = await connect()
+    conn = await connect(daemon.router.public_port)
     await conn.send(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\nPOST /other HTTP/1.1\r\nX-Pad: ")
-    assert (await conn.answer())[0].split()[1] == "404"
+    assert (await answer(conn))[0].split()[1] == "404"
     await conn.send(request(body_of("d1")))
-    status, _, body = await conn.answer()
+    status, _, body = await answer(conn)
     assert status.split()[1] != "202", body  # the /other request, whatever aiohttp made of it
     await conn.send(request(body_of("d2")))
-    assert (await conn.answer())[0] == "HTTP/1.1 202 Accepted"
+    assert (await answer(conn))[0] == "HTTP/1.1 202 Accepted"
     got = await peers.bot.wait_for(1)
     assert [m["Messageid"] for m in got] == ["d2"]
 
 
 async def test_a_request_split_over_reads_is_served_through_aiohttp(
-    peers: Peers, connect: Any
+    daemon: Daemon, peers: Peers, connect: Connect
 ) -> None:
-    conn = await connect()
+    conn = await connect(daemon.router.public_port)
     data = request(body_of("s1"))
     await conn.send(data[:60])
     await asyncio.sleep(0.05)  # most likely a read of its own; the answer is the same anyway
     await conn.send(data[60:])
-    assert (await conn.answer())[0] == "HTTP/1.1 202 Accepted"
+    assert (await answer(conn))[0] == "HTTP/1.1 202 Accepted"
     await peers.bot.wait_for(1)
 
 
-async def test_connection_close_is_answered_and_closed(connect: Any) -> None:
-    conn = await connect()
+async def test_connection_close_is_answered_and_closed(daemon: Daemon, connect: Connect) -> None:
+    conn = await connect(daemon.router.public_port)
     await conn.send(request(body_of("c1"), "Connection: close"))
-    status, headers, body = await conn.answer()
+    status, headers, body = await answer(conn)
     assert (status, headers["connection"], orjson.loads(body)) == (
         "HTTP/1.1 202 Accepted",
         "close",

@@ -7,17 +7,15 @@ import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from structlog.testing import capture_logs
 
 from router.http.quiet import AcceptErrors, ThrottledLog
 from router.io.fd_limit import connection_cap
-from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, base_config
+from tests.conftest import ASSET_TOKEN, Connect, Daemon, Peers, StartRouter, base_config
 
 EVENTS = "/v1/channels/fb-page-1/events"
 BODY = b'{"Event":"Incoming message","Userid":"u1","Message":"hi","Messageid":"m1"}'
@@ -27,46 +25,6 @@ def server(peers: Peers, tmp_path: Path, **keys: Any) -> dict[str, Any]:
     config = base_config(peers, tmp_path / "router.db")
     config["server"].update(keys)
     return config
-
-
-class Conn:
-    """A raw connection from a loopback address of its own."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def until_closed(self, timeout: float = 10.0) -> bytes:
-        """Everything the server sends until it closes the connection."""
-        async with asyncio.timeout(timeout):
-            return await self.reader.read()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-Connect = Callable[..., Awaitable[Conn]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Opens raw connections, and closes every one of them after the test."""
-    opened: list[Conn] = []
-
-    async def open_one(port: int, source: str = "127.0.0.1") -> Conn:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-        opened.append(Conn(reader, writer))
-        return opened[-1]
-
-    yield open_one
-    for conn in opened:
-        conn.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.wait_closed()
 
 
 def answer_of(raw: bytes) -> tuple[int, dict[str, str], Any]:

@@ -62,30 +62,28 @@ class Admission:
 
     def refusal(self, request: web.BaseRequest) -> InputError | None:
         """The first check the request fails, from its headers alone; counted once."""
-        if self.stopping:
-            return self.stopping_refusal()
-        if request.get(_CHECKED):
+        if request.get(_CHECKED) and not self.stopping:
             return None
         request[_CHECKED] = True
         forwarded = request.headers.getall("X-Forwarded-For", []) if self.proxies else []
-        return self.header_refusal(
+        return self.refusal_of(
             request.headers.get("Content-Encoding", ""),
             request.content_length,
             self.client_address(request.remote or "", forwarded),
         )
 
-    def stopping_refusal(self) -> InputError:
-        return InputError(
-            503,
-            "stopping",
-            "the router is stopping; send it again shortly",
-            headers={"Retry-After": str(self.retry_after)},
-            close=True,
-        )
-
-    def header_refusal(self, encoding: str, length: int | None, address: str) -> InputError | None:
-        """Checks 2 to 4 above, for a request with this `Content-Encoding`, length and
-        client address; a request that passes takes its place under the address's rate."""
+    def refusal_of(self, encoding: str, length: int | None, address: str) -> InputError | None:
+        """The checks above, in their order, for a request with this `Content-Encoding`,
+        length and client address; a request that passes takes its place under the
+        address's rate."""
+        if self.stopping:
+            return InputError(
+                503,
+                "stopping",
+                "the router is stopping; send it again shortly",
+                headers={"Retry-After": str(self.retry_after)},
+                close=True,
+            )
         encoding = encoding.strip().lower()
         if encoding not in _IDENTITY:
             return InputError(

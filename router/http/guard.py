@@ -18,23 +18,21 @@ Each connection's counting ticket (see `router.http.connections`) is returned wh
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
 from typing import Any, Protocol
 
-import orjson
 import structlog
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.streams import StreamReader
 
 from router.http.errors import JsonErrorProtocol, OnError
 from router.http.quiet import ThrottledLog
-from router.http.util import BodyTimeout
+from router.http.util import BodyTimeout, error_body
 
 __all__ = ["Guard", "GuardedProtocol", "Lean", "Ticket", "canned_answer", "http_answer"]
 
@@ -88,14 +86,11 @@ def canned_answer(status: int, code: str, message: str, retry_after: int | None 
     return http_answer(status, error_body(code, message), headers, close=True)
 
 
-def error_body(code: str, message: str) -> bytes:
-    return orjson.dumps({"error": code, "message": message})
-
-
 def http_answer(
     status: int, body: bytes, headers: Mapping[str, str] = _NONE, *, close: bool = False
 ) -> bytes:
-    """A whole HTTP/1.1 answer with a JSON body, headed as aiohttp heads its own."""
+    """A whole HTTP/1.1 answer with a JSON body, headed as aiohttp heads its own (its `Date`
+    too, from the same once-a-second cache)."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
@@ -104,22 +99,10 @@ def http_answer(
     closing = "Connection: close\r\n" if close else ""
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
-        f"Content-Length: {len(body)}\r\nDate: {_date()}\r\nServer: {SERVER_SOFTWARE}\r\n"
+        f"Content-Length: {len(body)}\r\nDate: {rfc822_formatted_time()}\r\n"
+        f"Server: {SERVER_SOFTWARE}\r\n"
         f"{closing}\r\n"
     ).encode("latin-1") + body
-
-
-_dated: list[tuple[int, str]] = [(0, "")]
-
-
-def _date() -> str:
-    """The `Date` header's value, made once a second."""
-    now = int(time.time())
-    second, text = _dated[0]
-    if second != now:
-        text = formatdate(now, usegmt=True)
-        _dated[0] = (now, text)
-    return text
 
 
 class GuardedProtocol(JsonErrorProtocol):

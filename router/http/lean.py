@@ -27,15 +27,16 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from router.http.admission import Admission, IntakeRates
 from router.http.connections import peer_address
-from router.http.guard import error_body, http_answer
+from router.http.guard import http_answer
 from router.http.public import channel_door, tallied
-from router.http.util import as_input_error, decode_json
+from router.http.util import as_input_error, decode_json, error_body
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -180,25 +181,14 @@ class LeanChannelEvents:
 
     async def _serve(self, request: LeanRequest, peer: str) -> tuple[int, dict[str, bool]]:
         admission = self.admission
-        if admission.stopping:
-            raise admission.stopping_refusal()
-        refused = admission.header_refusal(
-            "", request.length, admission.client_address(peer, request.forwarded)
-        )
+        address = admission.client_address(peer, request.forwarded)
+        refused = admission.refusal_of("", request.length, address)
         if refused is not None:
             raise refused
-        router, rates = self.router, self.rates
-
-        def door() -> Any:
-            return tallied(
-                router,
-                "channel",
-                lambda tally: channel_door(
-                    router, rates, request.asset_id, request.authorization, request.read, tally
-                ),
-            )
-
-        result: tuple[int, dict[str, bool]] = await router.store_gate.passing(
-            "POST", request.path, door
+        router = self.router
+        door = partial(
+            channel_door, router, self.rates, request.asset_id, request.authorization, request.read
         )
-        return result
+        return await router.store_gate.passing(
+            "POST", request.path, partial(tallied, router, "channel", door)
+        )

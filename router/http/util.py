@@ -40,7 +40,14 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return json_response({"error": code, "message": message}, status=status)
+    return web.json_bytes_response(
+        body=error_body(code, message), dumps=orjson.dumps, status=status
+    )
+
+
+def error_body(code: str, message: str) -> bytes:
+    """Every error answer's body, through aiohttp or written straight to a connection."""
+    return orjson.dumps({"error": code, "message": message})
 
 
 def status_code(status: int) -> str:

@@ -136,6 +136,14 @@ async def wait_until(daemon: Daemon, check: Any) -> None:
     await daemon.until(holds)
 
 
+async def sweeps_until(daemon: Daemon, clock: ManualClock, check: Any) -> None:
+    async def holds() -> bool:
+        clock.advance(SWEEP_EVERY_S)
+        return bool(check())
+
+    await daemon.until(holds)
+
+
 async def test_the_sweep_deletes_closed_conversations_and_dead_letters_after_their_age(
     start_router: StartRouter, peers: Peers, tmp_path: Path
 ) -> None:
@@ -174,10 +182,11 @@ async def test_the_sweep_deletes_closed_conversations_and_dead_letters_after_the
     assert kept(store, lettered)["conversations"] == 1  # its dead letter is younger than 3 days
     assert channel_events(store, "u1") == 0  # handled a day ago: no longer a duplicate key
 
-    clock.advance(2 * DAY + SWEEP_EVERY_S)  # the dead letter goes, then its conversation
-    await wait_until(daemon, lambda: not rows(store, "SELECT 1 FROM deliveries"))
-    clock.advance(SWEEP_EVERY_S)
-    await wait_until(daemon, lambda: kept(store, lettered)["conversations"] == 0)
+    # The dead letter goes, then its conversation. Each sweep arms the next only once it has
+    # finished, on the clock as it then reads: the clock moves a sweep at a time until then.
+    clock.advance(2 * DAY)
+    await sweeps_until(daemon, clock, lambda: not rows(store, "SELECT 1 FROM deliveries"))
+    await sweeps_until(daemon, clock, lambda: kept(store, lettered)["conversations"] == 0)
     assert kept(store, opened)["conversations"] == 1
     assert rows(store, "SELECT count(*) FROM inbox WHERE status = 'pending'") == [(0,)]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from router.domain.commands import Ref, RouteChannel
 from router.domain.model import Delivery
 from router.domain.state import Conversation
 
 
-@dataclass(frozen=True)
-class Dispatch:
+class Dispatch(msgspec.Struct, frozen=True):
     """A conversation offers its lane head to the destination's endpoint; its bot and asset
     ride along for the attempt's log lines."""
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
+
 from router.domain.events import ConversationEvent, CustomerEvent
 from router.domain.rules import ChannelRoute
 
@@ -16,8 +18,7 @@ class Ref(Protocol):
     def tell(self, message: Any) -> None: ...
 
 
-@dataclass(frozen=True)
-class RouteChannel:
+class RouteChannel(msgspec.Struct, frozen=True):
     """A stored channel event for the conversation of (asset, user, service, bot)."""
 
     route: ChannelRoute

@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from router.domain.model import Delivery
 
 
-@dataclass(frozen=True)
-class CustomerEvent:
+class CustomerEvent(msgspec.Struct, frozen=True):
     inbox_id: int
     event: str
     message_id: str
-    fields: dict[str, Any] = field(hash=False)
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,7 @@ class SessionIdle:
     ccsp_conversation_id: str
 
 
-@dataclass(frozen=True)
-class DeliveryOutcome:
+class DeliveryOutcome(msgspec.Struct, frozen=True):
     """An endpoint's answer: delivered, failed after an attempt, or parked without one."""
 
     delivery_id: int

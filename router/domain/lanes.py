@@ -11,34 +11,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import msgspec
+
 from router.domain.model import Delivery, Destination
 
 Phase = Literal["idle", "in_flight", "waiting", "parked"]
 
 
-@dataclass(frozen=True)
-class Save:
+class Save(msgspec.Struct, frozen=True):
     """Write this delivery as it now is."""
 
     delivery: Delivery
 
 
-@dataclass(frozen=True)
-class Remove:
+class Remove(msgspec.Struct, frozen=True):
     """The delivery arrived: forget it."""
 
     delivery_id: int
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(msgspec.Struct, frozen=True):
     """Hand the delivery to its destination's endpoint for one attempt."""
 
     delivery: Delivery
 
 
-@dataclass(frozen=True)
-class RetryAt:
+class RetryAt(msgspec.Struct, frozen=True):
     delivery_id: int
     dest: Destination
     at: float

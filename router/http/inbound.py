@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
 import orjson
 
 
@@ -121,12 +122,11 @@ BOT_EVENTS = {
 }
 
 
-@dataclass(frozen=True)
-class ChannelInput:
+class ChannelInput(msgspec.Struct, frozen=True):
     event: str
     user: str
     message_id: str
-    fields: dict[str, Any] = field(hash=False)
+    fields: dict[str, Any]
 
     @property
     def dedupe_key(self) -> str:

@@ -140,6 +140,7 @@ class IoEdge:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()  # any cancelled before its first step never ran its `finally`
         if self.client is not None:
             await self.client.close()
             self.client = None
@@ -176,9 +177,9 @@ class IoEdge:
                 self._tell(effect)
 
     def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """The task leaves `_tasks` itself as it ends (`_attempt`'s `finally`): a done
+        callback would cost every attempt one more turn of the loop."""
+        self._tasks.add(asyncio.get_running_loop().create_task(coro))
 
     @property
     def fenced(self) -> bool:
@@ -300,58 +301,61 @@ class IoEdge:
         self.on_fence()
 
     async def _attempt(self, attempt: Attempt) -> None:
-        delivery = attempt.delivery
-        slots = self._slots.setdefault(
-            delivery.dest.key, asyncio.Semaphore(self.attempts_per_destination)
-        )
-        started = time.perf_counter()
         try:
-            async with slots:
-                started = time.perf_counter()  # the attempt leaves now, not while it waited
-                answer = await self.post(
-                    attempt.url,
-                    attempt.access_token,
-                    delivery.body,
-                    webhook_id=self.webhook_id(delivery.delivery_id),
-                    secret=attempt.signing_secret,
+            delivery = attempt.delivery
+            slots = self._slots.setdefault(
+                delivery.dest.key, asyncio.Semaphore(self.attempts_per_destination)
+            )
+            started = time.perf_counter()
+            try:
+                async with slots:
+                    started = time.perf_counter()  # the attempt leaves now, not while it waited
+                    answer = await self.post(
+                        attempt.url,
+                        attempt.access_token,
+                        delivery.body,
+                        webhook_id=self.webhook_id(delivery.delivery_id),
+                        secret=attempt.signing_secret,
+                        dest=delivery.dest.key,
+                    )
+            except Exception as exc:  # whatever went wrong, the lane must hear back
+                self.log.exception(
+                    "delivery_attempt_crashed",
+                    conversation_id=delivery.conversation_id,
+                    integration=attempt.integration,
+                    asset=attempt.asset,
+                    delivery_id=delivery.delivery_id,
                     dest=delivery.dest.key,
                 )
-        except Exception as exc:  # whatever went wrong, the lane must hear back
-            self.log.exception(
-                "delivery_attempt_crashed",
-                conversation_id=delivery.conversation_id,
-                integration=attempt.integration,
-                asset=attempt.asset,
-                delivery_id=delivery.delivery_id,
-                dest=delivery.dest.key,
-            )
-            answer = Answer(False, _safe_error(exc, attempt.url, attempt.access_token), "error")
-        ok, error, outcome, wait = answer.ok, answer.error, answer.outcome, answer.wait
-        kind = delivery.dest.kind
-        self.metrics.attempts(kind, outcome).inc()
-        self.metrics.attempt_seconds(kind, outcome).observe(time.perf_counter() - started)
-        if not ok:
-            self.log.info(
-                "delivery_attempt_failed",
-                conversation_id=delivery.conversation_id,
-                integration=attempt.integration,
-                asset=attempt.asset,
-                delivery_id=delivery.delivery_id,
-                dest=delivery.dest.key,
-                error=error,
-            )
-        try:
-            attempt.reply_to.tell(
-                AttemptResult(delivery, attempt.conversation, ok, error, answer.throttled, wait)
-            )
-        except pykka.ActorDeadError:
-            # Its endpoint stopped (a reload removed the destination): the lane must hear back
-            # all the same, or it would wait for this answer forever.
-            told = DeliveryOutcome(
-                delivery.delivery_id, delivery.dest.key, ok, True, error, False, wait
-            )
-            with contextlib.suppress(pykka.ActorDeadError):
-                attempt.conversation.tell(told)
+                answer = Answer(False, _safe_error(exc, attempt.url, attempt.access_token), "error")
+            ok, error, outcome, wait = answer.ok, answer.error, answer.outcome, answer.wait
+            kind = delivery.dest.kind
+            self.metrics.attempts(kind, outcome).inc()
+            self.metrics.attempt_seconds(kind, outcome).observe(time.perf_counter() - started)
+            if not ok:
+                self.log.info(
+                    "delivery_attempt_failed",
+                    conversation_id=delivery.conversation_id,
+                    integration=attempt.integration,
+                    asset=attempt.asset,
+                    delivery_id=delivery.delivery_id,
+                    dest=delivery.dest.key,
+                    error=error,
+                )
+            try:
+                attempt.reply_to.tell(
+                    AttemptResult(delivery, attempt.conversation, ok, error, answer.throttled, wait)
+                )
+            except pykka.ActorDeadError:
+                # Its endpoint stopped (a reload removed the destination): the lane must hear back
+                # all the same, or it would wait for this answer forever.
+                told = DeliveryOutcome(
+                    delivery.delivery_id, delivery.dest.key, ok, True, error, False, wait
+                )
+                with contextlib.suppress(pykka.ActorDeadError):
+                    attempt.conversation.tell(told)
+        finally:
+            self._tasks.discard(asyncio.current_task())
 
     def webhook_id(self, delivery_id: int) -> str:
         """A delivery's `webhook-id`: the same on every retry, replay and release, and, with

@@ -5,21 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
+
 from router.domain.commands import Ref
 from router.domain.model import Delivery
 from router.domain.state import Conversation
 from router.io.records import Write
 
 
-@dataclass(frozen=True)
-class Tell:
+class Tell(msgspec.Struct, frozen=True):
     ref: Ref
     message: Any
     undeliverable: Tell | None = None  # told instead when `ref` has stopped
 
 
-@dataclass(frozen=True)
-class TellAt:
+class TellAt(msgspec.Struct, frozen=True):
     """Deliver `message` to `ref` at wall-clock time `at` (epoch seconds)."""
 
     at: float
@@ -27,16 +27,14 @@ class TellAt:
     message: Any
 
 
-@dataclass(frozen=True)
-class Persist:
+class Persist(msgspec.Struct, frozen=True):
     """Write these in one transaction, then, once durable, carry out `then` in order."""
 
     writes: tuple[Write, ...]
     then: tuple[Tell | TellAt, ...] = ()
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(msgspec.Struct, frozen=True):
     """One HTTP attempt of a delivery; the result goes back to `reply_to` as AttemptResult.
     `integration` (the conversation's bot) and `asset` are for its log lines."""
 
@@ -80,8 +78,7 @@ class Edge(Protocol):
 # -- what the edge reports back --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AttemptResult:
+class AttemptResult(msgspec.Struct, frozen=True):
     delivery: Delivery
     conversation: Ref
     ok: bool

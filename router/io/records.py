@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from router.domain.model import Delivery, Destination
@@ -14,29 +15,24 @@ from router.domain.rotation import Retired
 from router.domain.state import TRANSCRIPT_LENGTH, CcspSession, Conversation
 
 
-@dataclass(frozen=True)
-class SaveConversation:
+class SaveConversation(msgspec.Struct, frozen=True):
     conversation: Conversation
     at: float
 
 
-@dataclass(frozen=True)
-class SaveDelivery:
+class SaveDelivery(msgspec.Struct, frozen=True):
     delivery: Delivery
 
 
-@dataclass(frozen=True)
-class RemoveDelivery:
+class RemoveDelivery(msgspec.Struct, frozen=True):
     delivery_id: int
 
 
-@dataclass(frozen=True)
-class SaveSession:
+class SaveSession(msgspec.Struct, frozen=True):
     session: CcspSession
 
 
-@dataclass(frozen=True)
-class SaveOutbound:
+class SaveOutbound(msgspec.Struct, frozen=True):
     """A message sent to a customer, so the channel's delivery reports find its conversation."""
 
     asset: str
@@ -45,14 +41,12 @@ class SaveOutbound:
     conversation_id: str
 
 
-@dataclass(frozen=True)
-class InboxDone:
+class InboxDone(msgspec.Struct, frozen=True):
     inbox_id: int
     status: str = "done"
 
 
-@dataclass(frozen=True)
-class AppendTranscript:
+class AppendTranscript(msgspec.Struct, frozen=True):
     """A message for the conversation's transcript; only the last TRANSCRIPT_LENGTH stay."""
 
     conversation_id: str

@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -394,9 +395,7 @@ class Store:
         if self._closed:
             future.set_exception(_closed_store())
             return future
-        once = _Then(then)
-        future.add_done_callback(lambda done: self._then_late(done, once))
-        self._enqueue((work, future, True, once))
+        self._enqueue((work, future, True, _Then(then)))
         return future
 
     def _enqueue(self, pending: Pending) -> None:
@@ -549,8 +548,10 @@ class Store:
                     self._seal()
                 return
             if outcomes is _RAISED:  # one work raised: straight to a savepoint each
+                self._then_once_durable(taken)
                 self._queue.put(lambda: self._commit(batch, started, loop, apart=True))
                 return
+        self._then_once_durable(taken)
         self._queue.put(lambda: self._commit(batch, started, loop))
 
     def _seal(self) -> None:
@@ -598,6 +599,13 @@ class Store:
                 early = True
                 self._call(then, result)
         return early
+
+    def _then_once_durable(self, taken: list[Pending]) -> None:
+        """Early writes in a group the writer thread runs whole: each `then` waits for the
+        commit. Only here: an early write that ran on the loop has had its `then` called."""
+        for _, future, _, then in taken:
+            if then is not None and not then.called and isinstance(future, asyncio.Future):
+                future.add_done_callback(partial(self._then_late, then=then))
 
     def _then_late(self, done: asyncio.Future[Any], then: _Then) -> None:
         if not then.called and not done.cancelled() and done.exception() is None:

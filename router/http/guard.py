@@ -110,10 +110,12 @@ class GuardedProtocol(JsonErrorProtocol):
     request the `lean` path takes is answered by it instead, in turn with the others."""
 
     __slots__ = (
+        "_deadline",
         "_guard",
         "_header_bytes",
         "_held",
         "_held_bytes",
+        "_late",
         "_lean",
         "_lean_task",
         "_phase",
@@ -135,7 +137,9 @@ class GuardedProtocol(JsonErrorProtocol):
         self._guard = guard
         self._ticket = ticket
         self._lean = lean
-        self._timer: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._late: Callable[[], None] | None = None
         self._phase = _HEADERS
         self._header_bytes = 0
         # While a lean request is answered: the bytes that came after it, and its task.
@@ -156,6 +160,9 @@ class GuardedProtocol(JsonErrorProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel()
+        if self._timer is not None:  # nothing left for it to guard: free the connection now
+            self._timer.cancel()
+            self._timer = None
         try:
             super().connection_lost(exc)
         finally:
@@ -281,7 +288,6 @@ class GuardedProtocol(JsonErrorProtocol):
         self._arm(self._guard.header_timeout, self._headers_late)
 
     def _headers_late(self) -> None:
-        self._timer = None
         if self._phase != _HEADERS or self.transport is None:
             return
         if self._header_bytes == 0:
@@ -298,7 +304,6 @@ class GuardedProtocol(JsonErrorProtocol):
         )
 
     def _body_late(self, payload: StreamReader) -> None:
-        self._timer = None
         if payload.is_eof() or self.transport is None:
             return
         self._guard.closed("body_timeout")
@@ -316,10 +321,30 @@ class GuardedProtocol(JsonErrorProtocol):
         self.force_close()  # closes once the answer is written
 
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel()
-        self._timer = self._loop.call_later(delay, callback)
+        """The deadline in force is `_deadline`; the timer is moved lazily. One armed for an
+        earlier phase stays, and when it fires before the deadline in force it arms itself
+        again for it: a keep-alive connection's requests would otherwise each push one
+        timer onto the loop's heap and cancel another."""
+        deadline = self._loop.time() + delay
+        self._deadline, self._late = deadline, callback
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        assert self._timer is not None
+        when, self._timer = self._timer.when(), None
+        late = self._late
+        if late is None:
+            return
+        if when < self._deadline:  # armed for an earlier phase: wait for this one's deadline
+            self._timer = self._loop.call_at(self._deadline, self._fire)
+            return
+        self._late = None
+        late()
 
     def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._late = None  # an armed timer fires to no effect, or serves the next deadline

@@ -76,14 +76,14 @@ class ConversationDeps:
 
     def context(self, conversation: Conversation) -> Context:
         idle = self.session_idle_timeouts.get(conversation.ccsp or "", 86_400.0)
-        return Context(
-            now=self.clock.now(),
-            delays=self.delays,
-            next_delivery_id=self.next_delivery_id,
-            new_id=self.new_id,
-            handover_deadline=self.handover_deadline,
-            session_idle_timeout=idle,
-            max_parked_age=self.max_parked_age,
+        return Context(  # by position: one is made per step, and keywords cost twice as much
+            self.clock.now(),
+            self.delays,
+            self.next_delivery_id,
+            self.new_id,
+            self.handover_deadline,
+            idle,
+            self.max_parked_age,
         )
 
 

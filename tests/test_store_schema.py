@@ -10,7 +10,9 @@ import orjson
 import pytest
 
 from router.daemon import StartError
-from router.io.store import MIGRATIONS
+from router.domain.state import TRANSCRIPT_LENGTH
+from router.io.records import AppendTranscript, apply_writes, transcript
+from router.io.store import MIGRATIONS, connect, migrate
 from tests.conftest import Peers, StartRouter, base_config
 
 # The tables as the first release wrote them: no schema version, fewer columns.
@@ -103,3 +105,19 @@ async def test_transcripts_kept_in_the_conversation_move_to_their_own_rows(
     conversation = await daemon.conversation("c-1")
     assert [t["Message"] for t in conversation["transcript"]] == ["hello"]
     assert version(path) == len(MIGRATIONS)
+
+
+def test_only_a_conversations_last_messages_stay_in_its_transcript(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "t.db")
+    migrate(conn)
+    for n in range(TRANSCRIPT_LENGTH + 5):
+        for cid in ("c-1", "c-2"):
+            apply_writes(conn, (AppendTranscript(cid, {"Message": f"{cid} {n}"}),))
+    kept = range(5, TRANSCRIPT_LENGTH + 5)
+    for cid in ("c-1", "c-2"):
+        rows = conn.execute(
+            "SELECT entry FROM transcript WHERE conversation_id = ? ORDER BY seq", (cid,)
+        ).fetchall()
+        assert [orjson.loads(r[0])["Message"] for r in rows] == [f"{cid} {n}" for n in kept]
+        assert [e["Message"] for e in transcript(conn, cid)] == [f"{cid} {n}" for n in kept]
+    conn.close()

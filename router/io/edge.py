@@ -99,7 +99,9 @@ class IoEdge:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
         self.client: Http1Client | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Attempts in flight, by a number of their own, so that each can leave as it ends.
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._attempts_made = 0
         self._timers: set[Timer] = set()
         self._closing = False
         self._timers_off = False
@@ -136,10 +138,10 @@ class IoEdge:
         self.quiesce()
         self._closing = True
         # Writes already queued finish; attempts in flight are abandoned and resume on restart.
-        for task in list(self._tasks):
+        for task in list(self._tasks.values()):
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             self._tasks.clear()  # any cancelled before its first step never ran its `finally`
         if self.client is not None:
             await self.client.close()
@@ -166,7 +168,7 @@ class IoEdge:
                     self._fenced_write(writes), lambda error: self._after(error, then)
                 )
             case Attempt():
-                self._spawn(self._attempt(effect))
+                self._spawn(effect)
             case Load():
                 self._load(effect)
             case ReadTranscript(conversation_id=cid, reply_to=reply_to):
@@ -176,10 +178,12 @@ class IoEdge:
             case Tell() | TellAt():
                 self._tell(effect)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, attempt: Attempt) -> None:
         """The task leaves `_tasks` itself as it ends (`_attempt`'s `finally`): a done
         callback would cost every attempt one more turn of the loop."""
-        self._tasks.add(asyncio.get_running_loop().create_task(coro))
+        self._attempts_made += 1
+        number = self._attempts_made
+        self._tasks[number] = asyncio.get_running_loop().create_task(self._attempt(attempt, number))
 
     @property
     def fenced(self) -> bool:
@@ -300,7 +304,7 @@ class IoEdge:
             self._fence_at = self._writes_made  # every write made from now on is refused
         self.on_fence()
 
-    async def _attempt(self, attempt: Attempt) -> None:
+    async def _attempt(self, attempt: Attempt, number: int) -> None:
         try:
             delivery = attempt.delivery
             slots = self._slots.setdefault(
@@ -355,7 +359,7 @@ class IoEdge:
                 with contextlib.suppress(pykka.ActorDeadError):
                     attempt.conversation.tell(told)
         finally:
-            self._tasks.discard(asyncio.current_task())
+            self._tasks.pop(number, None)
 
     def webhook_id(self, delivery_id: int) -> str:
         """A delivery's `webhook-id`: the same on every retry, replay and release, and, with

@@ -8,6 +8,8 @@ enough to still be in the ring.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from router.domain.timestamps import iso_timestamp
@@ -15,42 +17,54 @@ from router.domain.timestamps import iso_timestamp
 
 class Journal:
     def __init__(self, size: int = 4096) -> None:
-        self._ring: deque[tuple[str, float, dict[str, Any]]] = deque(maxlen=size)
+        self._ring: deque[tuple[str, float, type, tuple[Any, ...]]] = deque(maxlen=size)
 
     def note(self, conversation_id: str, at: float, event: Any) -> None:
-        """What is kept is the event's description, never its body: the ring's memory stays
-        small whatever the messages carry."""
-        self._ring.append((conversation_id, at, describe(event)))
+        """What is kept is the event's kind and its few telling values, never its body: the
+        ring's memory stays small whatever the messages carry. They become a description
+        only when someone looks, since every message a conversation handles is noted."""
+        kind = type(event)
+        take = _TAKERS.get(kind)
+        if take is None:
+            take = _TAKERS[kind] = _taker(event)
+        self._ring.append((conversation_id, at, kind, take(event)))
 
     def of(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Newest first."""
         found: list[dict[str, Any]] = []
-        for cid, at, event in reversed(self._ring):
+        for cid, at, kind, values in reversed(self._ring):
             if cid == conversation_id:
-                found.append({"at": iso_timestamp(at), **event})
+                found.append({"at": iso_timestamp(at), **_described(kind, values)})
                 if len(found) == limit:
                     break
         return found
 
 
 _TELLING = ("dest_key", "ok", "error", "ccsp_conversation_id", "inbox_id", "delivery_id")
-# Per kind of event, which of the telling fields it has: looked up once per kind, since
-# every message a conversation handles is described.
-_FIELDS: dict[type, tuple[str, ...]] = {}
+# Per kind of event, what takes its telling values: found once per kind.
+_TAKERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def describe(event: Any) -> dict[str, Any]:
-    """The event's kind and the few fields that tell one from another, never a body."""
-    kind = type(event)
+def _taker(event: Any) -> Callable[[Any], tuple[Any, ...]]:
+    """The telling fields the event's kind has, and `event` as "name" when it is a string (a
+    channel event's own name: "Incoming message", ...), never when it is an inner event."""
+    names = [n for n in _TELLING if hasattr(event, n)]
+    if isinstance(getattr(event, "event", None), str):
+        names.append("event")
+    _NAMES[type(event)] = tuple("name" if n == "event" else n for n in names)
+    if not names:
+        return lambda _event: ()
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda event: (one(event),)
+    return attrgetter(*names)
+
+
+def _described(kind: type, values: tuple[Any, ...]) -> dict[str, Any]:
     view: dict[str, Any] = {"event": kind.__name__}
-    names = _FIELDS.get(kind)
-    if names is None:
-        names = _FIELDS[kind] = tuple(n for n in _TELLING if hasattr(event, n))
-    for name in names:
-        value = getattr(event, name, None)
+    for name, value in zip(_NAMES[kind], values, strict=True):
         if isinstance(value, str | int | float | bool):
             view[name] = value
-    inner = getattr(event, "event", None)
-    if isinstance(inner, str):
-        view["name"] = inner  # a channel event's own name: "Incoming message", ...
     return view
+

@@ -443,8 +443,8 @@ class TimedEdge(CountingEdge):
         if marks is not None and load.lookup == marks.lookup and marks.loaded is None:
             marks.loaded = time.perf_counter()
 
-    async def post(self, url: str, token: str | None, body: Any, **headers: Any) -> Answer:
-        answer = await super().post(url, token, body, **headers)
+    async def exchange(self, url: str, token: str | None, body: Any, **headers: Any) -> Answer:
+        answer = await super().exchange(url, token, body, **headers)
         marks = self.watching
         if marks is not None and marks.answered is None and self._watched(marks, body):
             marks.answered = time.perf_counter()

@@ -179,6 +179,39 @@ async def test_a_peer_that_never_answers_times_out_and_loses_the_connection(
         await asyncio.wait_for(peer.ended.wait(), 5)
 
 
+async def test_each_request_on_a_kept_alive_connection_has_its_own_deadline(
+    client: Http1Client,
+) -> None:
+    loop = asyncio.get_running_loop()
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    answer_second_at = asyncio.get_running_loop().create_future()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ok)
+        await read_request(reader)
+        await asyncio.sleep(await answer_second_at - loop.time())
+        writer.write(ok)
+        await read_request(reader)  # the third is never answered
+        await reader.read()
+
+    raw = RawPeer(peer)
+    async with raw as url:
+        first_deadline = loop.time() + 2
+        assert (await client.post(url, JSON, b"{}", timeout=2, cap=64)).body == b"ok"
+        await asyncio.sleep(1)
+        # Answered after the first request's deadline, well within its own.
+        answer_second_at.set_result(first_deadline + 0.2)
+        second_deadline = loop.time() + 2
+        assert (await client.post(url, JSON, b"{}", timeout=2, cap=64)).body == b"ok"
+        # A shorter deadline than the one armed for the second request is kept.
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.post(url, JSON, b"{}", timeout=0.3, cap=64)
+        assert started + 0.3 <= loop.time() < second_deadline
+        assert raw.opened == 1
+
+
 async def test_a_peer_that_hangs_up_or_speaks_nonsense_fails_the_call(client: Http1Client) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -314,7 +314,7 @@ class IoEdge:
             try:
                 async with slots:
                     started = time.perf_counter()  # the attempt leaves now, not while it waited
-                    answer = await self.post(
+                    answer = await self.exchange(
                         attempt.url,
                         attempt.access_token,
                         delivery.body,
@@ -365,21 +365,6 @@ class IoEdge:
         """A delivery's `webhook-id`: the same on every retry, replay and release, and, with
         the store's own prefix, never the same as another store's."""
         return f"msg_{self.id_prefix}{delivery_id}"
-
-    async def post(
-        self,
-        url: str,
-        token: str | None,
-        body: Any,
-        *,
-        webhook_id: str | None = None,
-        secret: str | None = None,
-        dest: str | None = None,
-    ) -> Answer:
-        """POST a delivery's JSON; success is a complete 2xx answer within the timeout."""
-        return await self.exchange(
-            url, token, body, webhook_id=webhook_id, secret=secret, dest=dest
-        )
 
     async def exchange(
         self,

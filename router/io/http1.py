@@ -96,6 +96,9 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Reply] | None = None
+        # The answer's deadline, and a timer moved lazily towards it (`_arm`).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._cap = 0
         self._headers: dict[str, str] = {}
         self._body = bytearray()
@@ -137,6 +140,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._disarm()
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
@@ -187,9 +191,13 @@ class _Connection(asyncio.Protocol):
 
     # -- the client's side -----------------------------------------------------------------
 
-    def send(self, data: bytes, cap: int) -> asyncio.Future[Reply]:
+    def send(self, data: bytes, cap: int, deadline: float) -> asyncio.Future[Reply]:
+        """The answer, which fails with `TimeoutError` if it is not whole by `deadline`
+        (the loop's time)."""
         assert self.transport is not None
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        self._arm(loop, deadline)
         self._cap = cap
         self._headers = {}
         self._body = bytearray()
@@ -229,10 +237,39 @@ class _Connection(asyncio.Protocol):
         """Drop the connection; an answer still awaited fails (one that ends at the close
         must not pass for complete because the router closed it)."""
         self.closed = True
+        self._disarm()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(PeerClosed("connection closed by the router"))
         if self.transport is not None:
             self.transport.abort()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """A timer already armed no later than `deadline` stays: when it fires early it arms
+        itself again for the deadline then in force. A connection kept alive would otherwise
+        push one timer onto the loop's heap and cancel another for every request."""
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._timer is not None
+        when, self._timer = self._timer.when(), None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # idle, or answered: nothing to time out
+        if when < self._deadline:  # armed for an earlier request
+            self._timer = loop.call_at(self._deadline, self._fire, loop)
+            return
+        waiter.set_exception(TimeoutError())
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Http1Client:
@@ -289,19 +326,14 @@ class Http1Client:
         if connection is None:
             async with asyncio.timeout_at(deadline):
                 connection = await self._connect(target.origin)
-        timer: asyncio.TimerHandle | None = None
         try:
             if self._closed:
                 raise PeerClosed("the client is closed")
-            answer = connection.send(data, cap)
-            timer = loop.call_at(deadline, _expire, answer)
-            reply = await answer
+            reply = await connection.send(data, cap, deadline)
         except BaseException:
             connection.abort()
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
             self._live.discard(connection)
         if connection.reusable():
             self._give_back(connection, loop)
@@ -375,8 +407,3 @@ class Http1Client:
             connection.abort()
         self._live.clear()
         await asyncio.sleep(0)  # a plain transport's connection_lost runs before this returns
-
-
-def _expire(answer: asyncio.Future[Reply]) -> None:
-    if not answer.done():
-        answer.set_exception(TimeoutError())

@@ -223,9 +223,22 @@ async def test_an_early_write_that_cannot_run_on_the_loop_is_acted_on_once_durab
         assert seen == [] and not row.done()
         holder.execute("ROLLBACK")
         assert await row == 1
+        assert seen == [1]  # acted on before whoever awaits the row hears of it
     finally:
         holder.close()
-    await asyncio.sleep(0)
+
+
+async def test_an_early_write_in_a_group_run_whole_is_acted_on_once_before_its_awaiter_wakes(
+    store: Store,
+) -> None:
+    """A channel event's door routes the event itself if `then` has not: `then` must have
+    run by the time the door wakes, or the event would be routed twice."""
+    seen: list[object] = []
+    store.write(note(1))  # not quick: the group goes to the writer thread whole
+    row = store.write_early(note(2), seen.append)
+    assert await row == 1  # its row count
+    assert seen == [1]
+    await store.drain()
     assert seen == [1]
 
 

@@ -162,7 +162,6 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                 )
 
 
-# Everything of the conversation's transcript older than its last `?3` entries.
 # Everything older than the conversation's last `?2` messages: one walk down its index to the
 # first message to go (a fifth cheaper than taking the minimum of the ones to keep).
 _PRUNE_TRANSCRIPT = (

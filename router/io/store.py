@@ -31,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -305,6 +304,9 @@ class Store:
         # The quick group whose statements have run on the loop and whose COMMIT waits a
         # moment for the writes that follow from it (`_seal`).
         self._open: tuple[Batch, list[Outcome], float, bool] | None = None
+        # The early writes of a group the writer thread runs whole, whose `then` waits for
+        # its commit (`_then_once_durable`).
+        self._thens_at_commit: list[tuple[Settles, _Then]] = []
         # Called on the loop, before anything else hears of it, when a group fails whose
         # writes were made known before their commit (`write_early`).
         self.on_ran_ahead: Callable[[BaseException], None] = lambda error: None
@@ -602,14 +604,24 @@ class Store:
 
     def _then_once_durable(self, taken: list[Pending]) -> None:
         """Early writes in a group the writer thread runs whole: each `then` waits for the
-        commit. Only here: an early write that ran on the loop has had its `then` called."""
-        for _, future, _, then in taken:
-            if then is not None and not then.called and isinstance(future, asyncio.Future):
-                future.add_done_callback(partial(self._then_late, then=then))
+        commit (an early write that ran on the loop has had its `then` called)."""
+        self._thens_at_commit = [
+            (future, then) for _, future, _, then in taken if then is not None and not then.called
+        ]
 
-    def _then_late(self, done: asyncio.Future[Any], then: _Then) -> None:
-        if not then.called and not done.cancelled() and done.exception() is None:
-            self._call(then, done.result())
+    def _then_at_commit(self, outcomes: list[Outcome]) -> None:
+        """Before the group's futures settle, so that whoever awaits one wakes to find its
+        `then` done, as when it runs inside the group; never for one that failed, or whose
+        caller gave up waiting."""
+        waiting, self._thens_at_commit = self._thens_at_commit, []
+        if not waiting:
+            return
+        found = {id(future): (result, error) for future, result, error in outcomes}
+        for future, then in waiting:
+            result, error = found.get(id(future), (None, _closed_store()))
+            cancelled = isinstance(future, asyncio.Future) and future.cancelled()
+            if error is None and not cancelled and not then.called:
+                self._call(then, result)
 
     def _call(self, then: _Then, result: Any) -> None:
         then.called = True
@@ -676,6 +688,7 @@ class Store:
         failed = next((error for _, _, error in outcomes if error is not None), None)
         if failed is not None and ran_ahead:
             self._ran_ahead(failed)
+        self._then_at_commit(outcomes)
         _settle_all(outcomes)
         self._busy = False
         if self._pending:

@@ -67,4 +67,3 @@ def _described(kind: type, values: tuple[Any, ...]) -> dict[str, Any]:
         if isinstance(value, str | int | float | bool):
             view[name] = value
     return view
-

@@ -323,29 +323,14 @@ class IoEdge:
                         dest=delivery.dest.key,
                     )
             except Exception as exc:  # whatever went wrong, the lane must hear back
-                self.log.exception(
-                    "delivery_attempt_crashed",
-                    conversation_id=delivery.conversation_id,
-                    integration=attempt.integration,
-                    asset=attempt.asset,
-                    delivery_id=delivery.delivery_id,
-                    dest=delivery.dest.key,
-                )
+                self.log.exception("delivery_attempt_crashed", **_about(attempt))
                 answer = Answer(False, _safe_error(exc, attempt.url, attempt.access_token), "error")
             ok, error, outcome, wait = answer.ok, answer.error, answer.outcome, answer.wait
             kind = delivery.dest.kind
             self.metrics.attempts(kind, outcome).inc()
             self.metrics.attempt_seconds(kind, outcome).observe(time.perf_counter() - started)
             if not ok:
-                self.log.info(
-                    "delivery_attempt_failed",
-                    conversation_id=delivery.conversation_id,
-                    integration=attempt.integration,
-                    asset=attempt.asset,
-                    delivery_id=delivery.delivery_id,
-                    dest=delivery.dest.key,
-                    error=error,
-                )
+                self.log.info("delivery_attempt_failed", **_about(attempt), error=error)
             try:
                 attempt.reply_to.tell(
                     AttemptResult(delivery, attempt.conversation, ok, error, answer.throttled, wait)
@@ -434,6 +419,18 @@ class IoEdge:
             error = f"HTTP 429, retry after {wait:.0f}s"
             return Answer(False, error, "http_error", payload, status, wait)
         return Answer(False, f"HTTP {status}", "http_error", payload, status)
+
+
+def _about(attempt: Attempt) -> dict[str, Any]:
+    """What an attempt's log lines say it is about."""
+    delivery = attempt.delivery
+    return {
+        "conversation_id": delivery.conversation_id,
+        "integration": attempt.integration,
+        "asset": attempt.asset,
+        "delivery_id": delivery.delivery_id,
+        "dest": delivery.dest.key,
+    }
 
 
 def retry_after(value: str | None, now: float) -> float | None:

@@ -616,11 +616,11 @@ class Store:
         waiting, self._thens_at_commit = self._thens_at_commit, []
         if not waiting:
             return
-        found = {id(future): (result, error) for future, result, error in outcomes}
-        for future, then in waiting:
-            result, error = found.get(id(future), (None, _closed_store()))
-            cancelled = isinstance(future, asyncio.Future) and future.cancelled()
-            if error is None and not cancelled and not then.called:
+        thens = {id(future): then for future, then in waiting}
+        for future, result, error in outcomes:
+            then = thens.get(id(future))
+            # Done before it settles: its caller cancelled it.
+            if then is not None and error is None and not future.done() and not then.called:
                 self._call(then, result)
 
     def _call(self, then: _Then, result: Any) -> None:

@@ -24,10 +24,8 @@ class Journal:
         ring's memory stays small whatever the messages carry. They become a description
         only when someone looks, since every message a conversation handles is noted."""
         kind = type(event)
-        take = _TAKERS.get(kind)
-        if take is None:
-            take = _TAKERS[kind] = _taker(event)
-        self._ring.append((conversation_id, at, kind, take(event)))
+        known = _KINDS.get(kind) or _learn(event)
+        self._ring.append((conversation_id, at, kind, known[0](event)))
 
     def of(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Newest first."""
@@ -41,18 +39,22 @@ class Journal:
 
 
 _TELLING = ("dest_key", "ok", "error", "ccsp_conversation_id", "inbox_id", "delivery_id")
-# Per kind of event, what takes its telling values: found once per kind.
-_TAKERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
-_NAMES: dict[type, tuple[str, ...]] = {}
+# Per kind of event, found once: what takes its telling values, and what they are called.
+_KINDS: dict[type, tuple[Callable[[Any], tuple[Any, ...]], tuple[str, ...]]] = {}
 
 
-def _taker(event: Any) -> Callable[[Any], tuple[Any, ...]]:
+def _learn(event: Any) -> tuple[Callable[[Any], tuple[Any, ...]], tuple[str, ...]]:
     """The telling fields the event's kind has, and `event` as "name" when it is a string (a
     channel event's own name: "Incoming message", ...), never when it is an inner event."""
     names = [n for n in _TELLING if hasattr(event, n)]
     if isinstance(getattr(event, "event", None), str):
         names.append("event")
-    _NAMES[type(event)] = tuple("name" if n == "event" else n for n in names)
+    labels = tuple("name" if n == "event" else n for n in names)
+    known = _KINDS[type(event)] = (_taker(names), labels)
+    return known
+
+
+def _taker(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
     if not names:
         return lambda _event: ()
     if len(names) == 1:
@@ -63,7 +65,7 @@ def _taker(event: Any) -> Callable[[Any], tuple[Any, ...]]:
 
 def _described(kind: type, values: tuple[Any, ...]) -> dict[str, Any]:
     view: dict[str, Any] = {"event": kind.__name__}
-    for name, value in zip(_NAMES[kind], values, strict=True):
+    for name, value in zip(_KINDS[kind][1], values, strict=True):
         if isinstance(value, str | int | float | bool):
             view[name] = value
     return view

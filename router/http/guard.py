@@ -33,6 +33,7 @@ from aiohttp.streams import StreamReader
 from router.http.errors import JsonErrorProtocol, OnError
 from router.http.quiet import ThrottledLog
 from router.http.util import BodyTimeout, error_body
+from router.io.deadline import LazyDeadline
 
 __all__ = ["Guard", "GuardedProtocol", "Lean", "Ticket", "canned_answer", "http_answer"]
 
@@ -115,12 +116,10 @@ class GuardedProtocol(JsonErrorProtocol):
         "_header_bytes",
         "_held",
         "_held_bytes",
-        "_late",
         "_lean",
         "_lean_task",
         "_phase",
         "_ticket",
-        "_timer",
     )
 
     def __init__(
@@ -137,9 +136,7 @@ class GuardedProtocol(JsonErrorProtocol):
         self._guard = guard
         self._ticket = ticket
         self._lean = lean
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-        self._late: Callable[[], None] | None = None
+        self._deadline = LazyDeadline(self._loop)
         self._phase = _HEADERS
         self._header_bytes = 0
         # While a lean request is answered: the bytes that came after it, and its task.
@@ -159,10 +156,7 @@ class GuardedProtocol(JsonErrorProtocol):
         self._await_headers()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel()
-        if self._timer is not None:  # nothing left for it to guard: free the connection now
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.cancel()  # nothing left for it to guard: free the connection now
         try:
             super().connection_lost(exc)
         finally:
@@ -197,11 +191,14 @@ class GuardedProtocol(JsonErrorProtocol):
         parsed = self._request_count - before
         if parsed > 0:
             self._phase = _REQUEST
-            self._cancel()
+            self._deadline.clear()
             _, payload = self._messages[-parsed]  # the first request of this read
             if not payload.is_eof():
-                self._arm(self._guard.body_timeout, partial(self._body_late, payload))
-                payload.on_eof(self._cancel)
+                self._deadline.arm(
+                    self._loop.time() + self._guard.body_timeout,
+                    partial(self._body_late, payload),
+                )
+                payload.on_eof(self._deadline.clear)
         elif self._header_bytes > self._guard.max_header_bytes:
             limit = self._guard.max_header_bytes
             self._cut(
@@ -242,7 +239,7 @@ class GuardedProtocol(JsonErrorProtocol):
     # -- the lean path -------------------------------------------------------------------
 
     def _serve_lean(self, answer: Awaitable[tuple[bytes, bool]]) -> None:
-        self._cancel()
+        self._deadline.clear()
         self._phase = _REQUEST
         self._request_count += 1
         self._held = []
@@ -285,7 +282,7 @@ class GuardedProtocol(JsonErrorProtocol):
             return  # closing, or the next request is already here (pipelined)
         self._phase = _HEADERS
         self._header_bytes = 0
-        self._arm(self._guard.header_timeout, self._headers_late)
+        self._deadline.arm(self._loop.time() + self._guard.header_timeout, self._headers_late)
 
     def _headers_late(self) -> None:
         if self._phase != _HEADERS or self.transport is None:
@@ -314,37 +311,8 @@ class GuardedProtocol(JsonErrorProtocol):
             self.force_close()  # answered already; nobody waits for the rest of it
 
     def _cut(self, reason: str, answer: bytes) -> None:
-        self._cancel()
+        self._deadline.clear()
         self._guard.closed(reason)
         if self.transport is not None:
             self.transport.write(answer)
         self.force_close()  # closes once the answer is written
-
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        """The deadline in force is `_deadline`; the timer is moved lazily. One armed for an
-        earlier phase stays, and when it fires before the deadline in force it arms itself
-        again for it: a keep-alive connection's requests would otherwise each push one
-        timer onto the loop's heap and cancel another."""
-        deadline = self._loop.time() + delay
-        self._deadline, self._late = deadline, callback
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return
-            timer.cancel()
-        self._timer = self._loop.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        assert self._timer is not None
-        when, self._timer = self._timer.when(), None
-        late = self._late
-        if late is None:
-            return
-        if when < self._deadline:  # armed for an earlier phase: wait for this one's deadline
-            self._timer = self._loop.call_at(self._deadline, self._fire)
-            return
-        self._late = None
-        late()
-
-    def _cancel(self) -> None:
-        self._late = None  # an armed timer fires to no effect, or serves the next deadline

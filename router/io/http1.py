@@ -19,6 +19,8 @@ from typing import NamedTuple
 import httptools
 from yarl import URL
 
+from router.io.deadline import LazyDeadline
+
 IDLE_S = 15.0  # an idle connection is closed after this long: the peer may have forgotten it
 HEAD_LIMIT = 64 * 1024  # an answer's status line and headers, with any interim answers
 MAX_HEADERS = 128  # headers and trailers of one answer
@@ -96,9 +98,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Reply] | None = None
-        # The answer's deadline, and a timer moved lazily towards it (`_arm`).
-        self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = LazyDeadline(asyncio.get_running_loop())  # the answer's
         self._cap = 0
         self._headers: dict[str, str] = {}
         self._body = bytearray()
@@ -140,7 +140,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._disarm()
+        self._deadline.cancel()
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
@@ -197,7 +197,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        self._arm(loop, deadline)
+        self._deadline.arm(deadline, self._timed_out)
         self._cap = cap
         self._headers = {}
         self._body = bytearray()
@@ -212,6 +212,7 @@ class _Connection(asyncio.Protocol):
         return waiter
 
     def _done(self) -> None:
+        self._deadline.clear()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             status = self._parser.get_status_code()
@@ -237,39 +238,16 @@ class _Connection(asyncio.Protocol):
         """Drop the connection; an answer still awaited fails (one that ends at the close
         must not pass for complete because the router closed it)."""
         self.closed = True
-        self._disarm()
+        self._deadline.cancel()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(PeerClosed("connection closed by the router"))
         if self.transport is not None:
             self.transport.abort()
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        """A timer already armed no later than `deadline` stays: when it fires early it arms
-        itself again for the deadline then in force. A connection kept alive would otherwise
-        push one timer onto the loop's heap and cancel another for every request."""
-        self._deadline = deadline
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return
-            timer.cancel()
-        self._timer = loop.call_at(deadline, self._fire, loop)
-
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._timer is not None
-        when, self._timer = self._timer.when(), None
+    def _timed_out(self) -> None:
         waiter = self._waiter
-        if waiter is None or waiter.done():
-            return  # idle, or answered: nothing to time out
-        if when < self._deadline:  # armed for an earlier request
-            self._timer = loop.call_at(self._deadline, self._fire, loop)
-            return
-        waiter.set_exception(TimeoutError())
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
 
 
 class Http1Client:

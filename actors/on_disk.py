@@ -5,9 +5,15 @@ A Bloom filter over the identities of every open conversation the store held at 
 of every conversation opened since. "No" is certain: nothing on disk can be this customer's
 open conversation, so a new customer's first message opens one without a store read. "Maybe"
 costs the read it always did. Identities are never taken out (a closed or erased
-conversation only makes a "maybe" that reads and finds nothing), and past the size it was
-made for the filter fills up and answers "maybe" more often: slower, never wrong. A start
-(and a recovery, which starts the actors again) builds it afresh from the store.
+conversation only makes a "maybe" that reads and finds nothing). A start (and a recovery,
+which starts the actors again) builds it afresh from the store.
+
+It grows as it fills, so a daemon that opens millions of conversations after it started
+still opens a new customer's without a read: once the identities added reach what the open
+layer was made for, a new layer with twice the room takes the next ones, and a key is held
+if any layer holds it. Each new layer spends more bits per key, so the chance of a "maybe"
+for an identity never seen stays under about one in twenty-five however many layers there
+are (a sum of (2 / bits per key)² over the layers).
 """
 
 from __future__ import annotations
@@ -15,20 +21,42 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 _BITS_PER_KEY = 16  # two probes: about one "maybe" in 70 for an identity never seen
+_MORE_BITS_PER_LAYER = 8
 # New identities it has room for besides those on disk: as many again, and at least this.
 _ROOM = 100_000
-_MOST_BITS = 1 << 27  # 16 MiB
+_MOST_BITS = 1 << 27  # 16 MiB a layer
 _HASH_BITS = (1 << 64) - 1
 
 
+class _Layer:
+    __slots__ = ("bits", "mask", "room")
+
+    def __init__(self, keys: int, bits_per_key: int) -> None:
+        wanted = max(keys, 1) * bits_per_key
+        size = min(1 << (wanted - 1).bit_length(), _MOST_BITS)
+        self.bits = bytearray(size // 8)
+        self.mask = size - 1
+        self.room = max(size // bits_per_key, 1)
+
+    def set(self, h: int) -> None:
+        bits, mask = self.bits, self.mask
+        first, second = h & mask, (h >> 32) & mask
+        bits[first >> 3] |= 1 << (first & 7)
+        bits[second >> 3] |= 1 << (second & 7)
+
+    def holds(self, h: int) -> bool:
+        bits, mask = self.bits, self.mask
+        first, second = h & mask, (h >> 32) & mask
+        return bool(bits[first >> 3] >> (first & 7) & 1 and bits[second >> 3] >> (second & 7) & 1)
+
+
 class KeysOnDisk:
-    __slots__ = ("_bits", "_mask")
+    __slots__ = ("_bits_per_key", "_full", "_open")
 
     def __init__(self, expected: int) -> None:
-        wanted = max(expected, 1) * _BITS_PER_KEY
-        bits = min(1 << (wanted - 1).bit_length(), _MOST_BITS)
-        self._bits = bytearray(bits // 8)
-        self._mask = bits - 1
+        self._bits_per_key = _BITS_PER_KEY
+        self._open = _Layer(expected, _BITS_PER_KEY)
+        self._full: tuple[_Layer, ...] = ()
 
     @classmethod
     def of(cls, keys: Iterable[str], count: int) -> KeysOnDisk:
@@ -38,18 +66,34 @@ class KeysOnDisk:
             found.add(key)
         return found
 
+    @property
+    def layers(self) -> int:
+        return len(self._full) + 1
+
     def add(self, key: str) -> None:
-        bits, mask = self._bits, self._mask
         h = hash(key) & _HASH_BITS
-        first, second = h & mask, (h >> 32) & mask
-        bits[first >> 3] |= 1 << (first & 7)
-        bits[second >> 3] |= 1 << (second & 7)
+        if self._holds(h):
+            return  # already held (or a "maybe" already): it takes no room
+        layer = self._open
+        if layer.room == 0:
+            layer = self._grow()
+        layer.set(h)
+        layer.room -= 1
 
     def may_hold(self, key: str) -> bool:
-        bits, mask = self._bits, self._mask
-        h = hash(key) & _HASH_BITS
-        first, second = h & mask, (h >> 32) & mask
-        return bool(bits[first >> 3] >> (first & 7) & 1 and bits[second >> 3] >> (second & 7) & 1)
+        return self._holds(hash(key) & _HASH_BITS)
+
+    def _holds(self, h: int) -> bool:
+        if self._open.holds(h):
+            return True
+        return any(layer.holds(h) for layer in self._full)
+
+    def _grow(self) -> _Layer:
+        made_for = (len(self._open.bits) * 8) // self._bits_per_key
+        self._bits_per_key += _MORE_BITS_PER_LAYER
+        self._full = (self._open, *self._full)
+        self._open = _Layer(made_for * 2, self._bits_per_key)
+        return self._open
 
 
 class AnyKey:

@@ -22,6 +22,17 @@ def test_an_identity_added_is_always_held_and_most_others_are_not() -> None:
     assert maybes < 10_000 * 0.05  # about one in seventy by design
 
 
+def test_a_filter_opened_far_past_its_size_still_says_no_to_most_new_identities() -> None:
+    keys = [conversation_key("fb-page-1", f"user-{n}", "svc", "bot") for n in range(60_000)]
+    filter_ = KeysOnDisk(1_000)
+    for key in keys[:30_000]:
+        filter_.add(key)
+    assert filter_.layers > 1
+    assert all(filter_.may_hold(key) for key in keys[:30_000])
+    maybes = sum(filter_.may_hold(key) for key in keys[30_000:])
+    assert maybes < 30_000 * 0.05  # under one in twenty-five, however many layers
+
+
 def loads_by_identity(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every store read the directory asks for by identity, as the edge is handed it."""
     seen: list[str] = []

@@ -10,10 +10,12 @@ which starts the actors again) builds it afresh from the store.
 
 It grows as it fills, so a daemon that opens millions of conversations after it started
 still opens a new customer's without a read: once the identities added reach what the open
-layer was made for, a new layer with twice the room takes the next ones, and a key is held
-if any layer holds it. Each new layer spends more bits per key, so the chance of a "maybe"
-for an identity never seen stays under about one in twenty-five however many layers there
-are (a sum of (2 / bits per key)² over the layers).
+layer was made for, a new layer with at least twice the room takes the next ones, and a key
+is held if any layer holds it. Each new layer spends more bits per key, so the chance of a
+"maybe" for an identity never seen stays under about one in twenty-five (a sum of
+(2 / bits per key)² over the layers). The layers together stop growing at 64 MiB, about ten
+million identities past a start with none: past that the last layer fills up and answers
+"maybe" more often, slower, never wrong, until a restart builds the filter afresh.
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ _MORE_BITS_PER_LAYER = 8
 # New identities it has room for besides those on disk: as many again, and at least this.
 _ROOM = 100_000
 _MOST_BITS = 1 << 27  # 16 MiB a layer
+_MOST_BITS_IN_ALL = 1 << 29  # 64 MiB for every layer together
 _HASH_BITS = (1 << 64) - 1
+
+
+def _bits_for(keys: int, bits_per_key: int) -> int:
+    wanted = max(keys, 1) * bits_per_key
+    return min(1 << (wanted - 1).bit_length(), _MOST_BITS)
 
 
 class _Layer:
     __slots__ = ("bits", "mask", "room")
 
-    def __init__(self, keys: int, bits_per_key: int) -> None:
-        wanted = max(keys, 1) * bits_per_key
-        size = min(1 << (wanted - 1).bit_length(), _MOST_BITS)
+    def __init__(self, size: int, bits_per_key: int) -> None:
         self.bits = bytearray(size // 8)
         self.mask = size - 1
         self.room = max(size // bits_per_key, 1)
@@ -51,12 +57,14 @@ class _Layer:
 
 
 class KeysOnDisk:
-    __slots__ = ("_bits_per_key", "_full", "_open")
+    __slots__ = ("_bits_in_all", "_bits_per_key", "_full", "_open")
 
     def __init__(self, expected: int) -> None:
         self._bits_per_key = _BITS_PER_KEY
-        self._open = _Layer(expected, _BITS_PER_KEY)
+        size = _bits_for(expected, _BITS_PER_KEY)
+        self._open = _Layer(size, _BITS_PER_KEY)
         self._full: tuple[_Layer, ...] = ()
+        self._bits_in_all = size
 
     @classmethod
     def of(cls, keys: Iterable[str], count: int) -> KeysOnDisk:
@@ -78,7 +86,7 @@ class KeysOnDisk:
         if layer.room == 0:
             layer = self._grow()
         layer.set(h)
-        layer.room -= 1
+        layer.room = max(layer.room - 1, 0)
 
     def may_hold(self, key: str) -> bool:
         return self._holds(hash(key) & _HASH_BITS)
@@ -86,14 +94,22 @@ class KeysOnDisk:
     def _holds(self, h: int) -> bool:
         if self._open.holds(h):
             return True
-        return any(layer.holds(h) for layer in self._full)
+        full = self._full
+        return bool(full) and any(layer.holds(h) for layer in full)
 
     def _grow(self) -> _Layer:
-        made_for = (len(self._open.bits) * 8) // self._bits_per_key
-        self._bits_per_key += _MORE_BITS_PER_LAYER
+        """The next layer; the open one again (to fill past its room) once all are at most."""
+        made_for = (self._open.mask + 1) // self._bits_per_key
+        bits_per_key = self._bits_per_key + _MORE_BITS_PER_LAYER
+        size = _bits_for(made_for * 2, bits_per_key)
+        if self._bits_in_all + size > _MOST_BITS_IN_ALL:
+            return self._open
+        layer = _Layer(size, bits_per_key)
+        self._bits_per_key = bits_per_key
+        self._bits_in_all += size
         self._full = (self._open, *self._full)
-        self._open = _Layer(made_for * 2, self._bits_per_key)
-        return self._open
+        self._open = layer
+        return layer
 
 
 class AnyKey:

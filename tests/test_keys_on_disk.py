@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from actors import on_disk
 from actors.on_disk import KeysOnDisk
 from router.domain.state import conversation_key
 from router.io.effects import Effect, Load
@@ -30,7 +31,23 @@ def test_a_filter_opened_far_past_its_size_still_says_no_to_most_new_identities(
     assert filter_.layers > 1
     assert all(filter_.may_hold(key) for key in keys[:30_000])
     maybes = sum(filter_.may_hold(key) for key in keys[30_000:])
-    assert maybes < 30_000 * 0.05  # under one in twenty-five, however many layers
+    assert maybes < 30_000 * 0.04  # under about one in twenty-five, however many layers
+
+
+def test_the_layers_stop_growing_at_their_cap_and_still_hold_every_identity_added(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(on_disk, "_MOST_BITS", 1 << 16)
+    monkeypatch.setattr(on_disk, "_MOST_BITS_IN_ALL", 1 << 18)
+    keys = [conversation_key("fb-page-1", f"user-{n}", "svc", "bot") for n in range(30_000)]
+    filter_ = KeysOnDisk(100)
+    for key in keys[:10_000]:
+        filter_.add(key)
+    layers = filter_.layers
+    for key in keys[10_000:]:
+        filter_.add(key)
+    assert filter_.layers == layers  # full: the last layer takes the rest
+    assert all(filter_.may_hold(key) for key in keys)
 
 
 def loads_by_identity(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> list[str]:

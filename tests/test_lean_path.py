@@ -225,52 +225,57 @@ async def test_a_client_that_does_not_read_stops_being_read_and_is_answered_in_o
     client's sends back up in its own socket instead of the router's memory. Once it reads,
     every request has its answer, in the order sent."""
     loop = asyncio.get_running_loop()
-    port = daemon.router.public_port
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", port))
     runner = daemon.router.public_runner
     assert runner is not None and runner.server is not None
     server = runner.server
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    writer: asyncio.StreamWriter | None = None
 
     async def settled(check: Callable[[], bool]) -> None:
         async with asyncio.timeout(10):
             while not check():
                 await asyncio.sleep(0)
 
-    await settled(lambda: len(server.connections) == 1)
-    handler = server.connections[0]
-    transport = handler.transport
-    assert isinstance(handler, GuardedProtocol) and transport is not None
-    # The least the kernel keeps for unread answers on the router's side, so that the
-    # connection's own write buffer is reached after hundreds of answers, not thousands.
-    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    kinds = [(b"{not json", ASSET_TOKEN), (BODY, "wrong")]  # answered 400, then 401
-
-    def read_past(taken: int, held: int) -> Callable[[], bool]:
-        return lambda: handler._request_count > taken or handler._held_bytes > held
-
-    sent = 0
-    while transport.is_reading():
-        body, token = kinds[sent % 2]
-        read = read_past(handler._request_count, handler._held_bytes)
-        await loop.sock_sendall(sock, request(body, token=token))
-        sent += 1
-        await settled(read)  # read on its own: taken, or held behind the answer that waits
-        assert sent < 5_000, "the router never stopped reading from the client"
-    assert handler.writing_paused
-    high = transport.get_write_buffer_limits()[1]
-    assert transport.get_write_buffer_size() <= high + 1024  # one answer past the mark
-    assert handler._held_bytes <= _HELD_MAX + len(request(BODY, token="wrong"))
-    reader, writer = await asyncio.open_connection(sock=sock)
     try:
-        statuses = [(await answer(Conn(reader, writer)))[0].split()[1] for _ in range(sent)]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", daemon.router.public_port))
+        await settled(lambda: len(server.connections) == 1)
+        handler = server.connections[0]
+        transport = handler.transport
+        assert isinstance(handler, GuardedProtocol) and transport is not None
+        # The least the kernel keeps for unread answers on the router's side, so that the
+        # connection's own write buffer is reached after hundreds of answers, not thousands.
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        kinds = [(b"{not json", ASSET_TOKEN), (BODY, "wrong")]  # answered 400, then 401
+
+        def read_past(taken: int, held: int) -> Callable[[], bool]:
+            return lambda: handler._request_count > taken or handler._held_bytes > held
+
+        sent = 0
+        while transport.is_reading():
+            body, token = kinds[sent % 2]
+            read = read_past(handler._request_count, handler._held_bytes)
+            await loop.sock_sendall(sock, request(body, token=token))
+            sent += 1
+            await settled(read)  # read on its own: taken, or held behind the answer that waits
+            assert sent < 5_000, "the router never stopped reading from the client"
+        # Stopped by the lean path: its answer waits for the client, the rest is held.
+        assert handler.writing_paused and handler._lean_task is not None
+        assert _HELD_MAX < handler._held_bytes <= _HELD_MAX + len(request(BODY, token="wrong"))
+        high = transport.get_write_buffer_limits()[1]
+        assert transport.get_write_buffer_size() <= high + 1024  # one answer past the mark
+        reader, writer = await asyncio.open_connection(sock=sock)
+        conn = Conn(reader, writer)
+        statuses = [(await answer(conn))[0].split()[1] for _ in range(sent)]
         assert statuses == ["400", "401"] * (sent // 2) + ["400"] * (sent % 2)
-        await Conn(reader, writer).send(request(body_of("after")))
-        assert (await answer(Conn(reader, writer)))[0] == "HTTP/1.1 202 Accepted"
+        await conn.send(request(body_of("after")))
+        assert (await answer(conn))[0] == "HTTP/1.1 202 Accepted"
         assert [m["Messageid"] for m in await peers.bot.wait_for(1)] == ["after"]
     finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+        if writer is None:
+            sock.close()
+        else:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

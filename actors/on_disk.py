@@ -20,6 +20,7 @@ million identities past a start with none: past that the last layer fills up and
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 _BITS_PER_KEY = 16  # two probes: about one "maybe" in 70 for an identity never seen
@@ -37,10 +38,11 @@ def _bits_for(keys: int, bits_per_key: int) -> int:
 
 
 class _Layer:
-    __slots__ = ("bits", "mask", "room")
+    __slots__ = ("bits", "bits_per_key", "mask", "room")
 
     def __init__(self, size: int, bits_per_key: int) -> None:
         self.bits = bytearray(size // 8)
+        self.bits_per_key = bits_per_key
         self.mask = size - 1
         self.room = max(size // bits_per_key, 1)
 
@@ -57,10 +59,9 @@ class _Layer:
 
 
 class KeysOnDisk:
-    __slots__ = ("_bits_in_all", "_bits_per_key", "_full", "_open")
+    __slots__ = ("_bits_in_all", "_full", "_open")
 
     def __init__(self, expected: int) -> None:
-        self._bits_per_key = _BITS_PER_KEY
         size = _bits_for(expected, _BITS_PER_KEY)
         self._open = _Layer(size, _BITS_PER_KEY)
         self._full: tuple[_Layer, ...] = ()
@@ -86,7 +87,7 @@ class KeysOnDisk:
         if layer.room == 0:
             layer = self._grow()
         layer.set(h)
-        layer.room = max(layer.room - 1, 0)
+        layer.room -= 1
 
     def may_hold(self, key: str) -> bool:
         return self._holds(hash(key) & _HASH_BITS)
@@ -98,14 +99,15 @@ class KeysOnDisk:
         return bool(full) and any(layer.holds(h) for layer in full)
 
     def _grow(self) -> _Layer:
-        """The next layer; the open one again (to fill past its room) once all are at most."""
-        made_for = (self._open.mask + 1) // self._bits_per_key
-        bits_per_key = self._bits_per_key + _MORE_BITS_PER_LAYER
+        """The next layer; once all are at most, the open one, which then takes the rest."""
+        last = self._open
+        made_for = (last.mask + 1) // last.bits_per_key
+        bits_per_key = last.bits_per_key + _MORE_BITS_PER_LAYER
         size = _bits_for(made_for * 2, bits_per_key)
         if self._bits_in_all + size > _MOST_BITS_IN_ALL:
-            return self._open
+            last.room = sys.maxsize  # never asks for another layer again
+            return last
         layer = _Layer(size, bits_per_key)
-        self._bits_per_key = bits_per_key
         self._bits_in_all += size
         self._full = (self._open, *self._full)
         self._open = layer

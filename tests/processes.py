@@ -12,12 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serving(config: Path, port: int) -> Iterator[str]:
     """`router serve` on `config` until the block ends; yields its public base URL once the

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from router.cli import main
+from router.loadtest.command import free_port
 from tests.conftest import Daemon
-from tests.test_restart import free_port, toml_document
+from tests.test_restart import toml_document
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "router.service"

@@ -17,8 +17,8 @@ import pytest
 from router.cli import main
 from router.config.settings import parse_config
 from router.daemon import Router
+from router.loadtest.command import free_port, free_ports
 from router.peers.serve import RunningPeers, start_peers, stop_peers
-from tests.processes import free_port
 
 ASSET = "asset-secret"
 
@@ -88,9 +88,7 @@ class Scene:
 
 @pytest.fixture
 async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
-    config = parse_config(
-        example_config(tmp_path / "r.db", free_port(), free_port()), "example.toml"
-    )
+    config = parse_config(example_config(tmp_path / "r.db", *free_ports(2)), "example.toml")
     router = Router(config)
     await router.start()
     out = io.StringIO()

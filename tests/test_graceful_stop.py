@@ -19,8 +19,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from router.http.public import ADMISSION
+from router.loadtest.command import free_ports
 from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, base_config
-from tests.test_restart import free_port, toml_document
+from tests.test_restart import toml_document
 
 EVENTS = "/v1/channels/sms-1/events"
 BODY = b'{"Event":"Incoming message","Userid":"u1","Message":"last words","Messageid":"m1"}'
@@ -151,8 +152,9 @@ async def test_sigterm_waits_for_an_upload_within_the_grace_then_exits(
     peers: Peers, tmp_path: Path, upload: list[asyncio.StreamWriter]
 ) -> None:
     config = base_config(peers, tmp_path / "router.db")
-    config["server"].update(port=free_port(), stop_grace_s=10.0)
-    config["debug"]["port"] = free_port()
+    port, debug = free_ports(2)
+    config["server"].update(port=port, stop_grace_s=10.0)
+    config["debug"]["port"] = debug
     path = tmp_path / "router.toml"
     path.write_text(toml_document(config))
     proc = subprocess.Popen(

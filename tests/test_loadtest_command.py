@@ -16,11 +16,12 @@ import orjson
 import pytest
 from rich.console import Console
 
+from router.loadtest.command import free_port, free_ports
 from router.loadtest.driver import Tally
 from router.loadtest.live import progress
 from router.loadtest.setup import router_config
 from router.loadtest.verdict import Sent
-from tests.processes import free_port, serving
+from tests.processes import serving
 
 
 def loadtest(*args: str) -> tuple[int, dict[str, Any], str]:
@@ -37,7 +38,7 @@ def loadtest(*args: str) -> tuple[int, dict[str, Any], str]:
 @pytest.fixture
 def external(tmp_path: Path) -> Iterator[tuple[str, int, str]]:
     """A router already running, started apart from the load test, its peers on `port`."""
-    port, debug, peers = free_port(), free_port(), free_port()
+    port, debug, peers = free_ports(3)
     config = tmp_path / "router.toml"
     rule = "forward_to_bot_ccsp"
     config.write_text(

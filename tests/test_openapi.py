@@ -16,8 +16,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from router.http.openapi import document
+from router.loadtest.command import free_port
 from tests.conftest import Daemon
-from tests.processes import free_port, serving
+from tests.processes import serving
 
 TOKEN = "fuzz-token"  # the asset's and the admin's, so one header opens both
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from router.loadtest.command import free_ports
 from tests.conftest import ADMIN, ASSET_TOKEN, Peers, base_config
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 DELIVERY_TIMEOUT = 15.0
 POLL = 0.02
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def toml_value(value: Any) -> str:
@@ -87,8 +81,7 @@ class Launcher:
         self.peers = peers
         self.tmp_path = tmp_path
         self.session = session
-        self.public_port = free_port()
-        self.debug_port = free_port()
+        self.public_port, self.debug_port = free_ports(2)
         self.config_path = tmp_path / "router.toml"
         self.running: list[RouterProcess] = []
 

@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from router.loadtest.command import free_port
 from tests.conftest import ASSET_TOKEN, Peers, StartRouter, base_config
-from tests.test_restart import free_port, toml_document
+from tests.test_restart import toml_document
 
 ROOT = Path(__file__).resolve().parent.parent
 

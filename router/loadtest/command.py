@@ -35,10 +35,18 @@ PROFILES = {
 }
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket is held until all are bound, or the kernel
+    may hand the port it just took back to the next one."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -120,13 +128,13 @@ def resolve(args: argparse.Namespace) -> tuple[Load, str]:
 
 async def run(args: argparse.Namespace, console: Console) -> int:
     load, rule = resolve(args)
-    peers_port = args.peers_port or free_port()
+    port, debug, spare = free_ports(3)  # all three apart: the peers' and the router's two
+    peers_port = args.peers_port or spare
     at = f"http://127.0.0.1:{peers_port}"
     with tempfile.TemporaryDirectory(prefix="router-loadtest-") as tmp:
         workdir = Path(tmp)
         procs = Processes(workdir)
         if args.router is None:
-            port, debug = free_port(), free_port()
             config = workdir / "router.toml"
             config.write_text(router_config(port, debug, at, workdir / "router.db", rule))
             base = f"http://127.0.0.1:{port}"

@@ -1,7 +1,8 @@
 """The store's group commit: quick writes run their statements on the loop and only the
-COMMIT on the writer thread, yet a lock held elsewhere never stalls the loop, a work that
-raises fails alone, and `drain` waits for every write made before it. An early write (an
-intake row) is acted on before its commit, which waits a hop for what follows from it.
+COMMIT on the writer thread, yet a lock held elsewhere never stalls the loop, a group larger
+than the page cache writes nothing to the disk from it, a work that raises fails alone, and
+`drain` waits for every write made before it. An early write (an intake row) is acted on
+before its commit, which waits a hop for what follows from it.
 
 Each test opens a real store on disk, on the test's own loop, below the daemon.
 """
@@ -18,7 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from router.io.metrics import Metrics
-from router.io.store import RanAhead, Store
+from router.io.store import GROUP_LIMIT, RanAhead, Store
 
 
 @pytest.fixture
@@ -379,3 +380,28 @@ async def test_a_call_that_raises_does_not_keep_the_others_from_hearing(store: S
         await store.drain()
     assert heard == [2]
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["store_then_failed"]
+
+
+async def test_a_quick_group_larger_than_the_page_cache_writes_nothing_to_disk_before_its_commit(
+    store: Store, tmp_path: Path
+) -> None:
+    """SQLite spills dirty pages to the WAL mid-transaction once they outgrow its cache: were
+    it to, the loop running a large group's statements would wait on the disk's writes, which
+    may stall. The pages stay in memory until the COMMIT, on the writer thread."""
+    wal = tmp_path / "router.db-wal"
+    await store.write(lambda c: c.execute("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v BLOB)"))
+    before = wal.stat().st_size
+    during: list[int] = []
+    assert GROUP_LIMIT > 500  # the 500 writes and the look at the WAL go in one group
+    blob = bytes(8000)
+
+    def put(k: int) -> object:
+        return lambda c: c.execute("INSERT INTO blobs VALUES (?, ?)", (k, blob)).rowcount
+
+    writes = [store.write(put(k), quick=True) for k in range(500)]  # 4 MB; the cache holds 2
+    writes.append(store.write(lambda c: during.append(wal.stat().st_size), quick=True))
+    await asyncio.gather(*writes)
+    assert during == [before]
+    assert wal.stat().st_size > before + 500 * len(blob)
+    count = await store.read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone()[0])
+    assert count == 500

@@ -346,6 +346,11 @@ class Store:
         self._quick = mode == "wal"
         if self._quick:
             conn.execute("PRAGMA busy_timeout=0")
+            # Nor must a disk that stalls: dirty pages past the cache would be spilled to the
+            # WAL mid-transaction, by the loop running a large group's statements. They stay
+            # in memory (pages of rows whose data is in memory anyway) until the COMMIT, on
+            # the writer thread; the cache shrinks back after it.
+            conn.execute("PRAGMA cache_spill=OFF")
         self._conn = conn
         self._writer = threading.Thread(target=self._write_loop, name="store-write", daemon=True)
         self._writer.start()

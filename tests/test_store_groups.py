@@ -1,6 +1,6 @@
 """The store's group commit: quick writes run their statements on the loop and only the
-COMMIT on the writer thread, yet a lock held elsewhere never stalls the loop, a group larger
-than the page cache writes nothing to the disk from it, a work that raises fails alone, and
+COMMIT on the writer thread, yet a lock held elsewhere never stalls the loop, nothing a group
+runs there writes to the disk however large it is, a work that raises fails alone, and
 `drain` waits for every write made before it. An early write (an intake row) is acted on
 before its commit, which waits a hop for what follows from it.
 
@@ -10,6 +10,7 @@ Each test opens a real store on disk, on the test's own loop, below the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -405,3 +406,47 @@ async def test_a_quick_group_larger_than_the_page_cache_writes_nothing_to_disk_b
     assert wal.stat().st_size > before + 500 * len(blob)
     count = await store.read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone()[0])
     assert count == 500
+
+
+def sqlite_temp_files() -> list[str]:
+    """SQLite's temporary files this process holds open (unlinked as soon as made)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if "etilqs_" in (target := str(fd.readlink())):
+                found.append(target)
+    return found
+
+
+async def test_writes_joining_a_group_in_a_savepoint_keep_its_journal_in_memory(
+    store: Store,
+) -> None:
+    """The steps that join an early write's group go in a savepoint, whose journal SQLite
+    writes to a temporary file once it passes 64 KiB: the loop would be writing to the disk.
+    Here the joining writes rewrite 200 pages that were already on disk."""
+    blob = bytes(3000)
+    await store.write(lambda c: c.execute("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v BLOB)"))
+    await store.write(
+        lambda c: c.executemany("INSERT INTO blobs VALUES (?, ?)", ((k, blob) for k in range(200)))
+    )
+    loop = asyncio.get_running_loop()
+    during: list[list[str]] = []
+    joined: list[asyncio.Future[Any]] = []
+
+    def rewrite(k: int) -> object:
+        return lambda c: c.execute("UPDATE blobs SET v = ? WHERE k = ?", (bytes(3001), k)).rowcount
+
+    def route(_: object) -> None:  # an actor's turn comes in a callback after this one
+        def turn() -> None:
+            joined.extend(store.write(rewrite(k), quick=True) for k in range(200))
+            joined.append(store.write(lambda c: during.append(sqlite_temp_files()), quick=True))
+
+        loop.call_soon(turn)
+
+    await store.write_early(note(1), route)
+    await asyncio.gather(*joined)
+    assert during == [[]]
+    assert (
+        await store.read(lambda c: c.execute("SELECT sum(length(v)) FROM blobs").fetchone()[0])
+        == 200 * 3001
+    )

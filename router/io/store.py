@@ -346,11 +346,13 @@ class Store:
         self._quick = mode == "wal"
         if self._quick:
             conn.execute("PRAGMA busy_timeout=0")
-            # Nor must a disk that stalls: dirty pages past the cache would be spilled to the
-            # WAL mid-transaction, by the loop running a large group's statements. They stay
-            # in memory (pages of rows whose data is in memory anyway) until the COMMIT, on
-            # the writer thread; the cache shrinks back after it.
+            # Nor must a disk that stalls, so the loop's statements never write to one: dirty
+            # pages past the cache would be spilled to the WAL mid-transaction, and the journal
+            # of the savepoint that late writes join in to a temporary file past 64 KiB. Both
+            # stay in memory (pages of rows whose data is in memory anyway) until the COMMIT,
+            # on the writer thread; the cache shrinks back after it.
             conn.execute("PRAGMA cache_spill=OFF")
+            conn.execute("PRAGMA temp_store=MEMORY")
         self._conn = conn
         self._writer = threading.Thread(target=self._write_loop, name="store-write", daemon=True)
         self._writer.start()

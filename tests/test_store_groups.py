@@ -1,6 +1,6 @@
 """The store's group commit: quick writes run their statements on the loop and only the
-COMMIT on the writer thread, yet a lock held elsewhere never stalls the loop, nothing a group
-runs there writes to the disk however large it is, a work that raises fails alone, and
+COMMIT on the writer thread, yet a lock held elsewhere never stalls the loop, what a group
+runs there writes to no file however large it is, a work that raises fails alone, and
 `drain` waits for every write made before it. An early write (an intake row) is acted on
 before its commit, which waits a hop for what follows from it.
 
@@ -395,11 +395,13 @@ async def test_a_quick_group_larger_than_the_page_cache_writes_nothing_to_disk_b
     during: list[int] = []
     assert GROUP_LIMIT > 500  # the 500 writes and the look at the WAL go in one group
     blob = bytes(8000)
+    cache = await store.write(lambda c: c.execute("PRAGMA cache_size").fetchone()[0])
+    assert 500 * len(blob) > (-1024 * cache if cache < 0 else 4096 * cache)  # outgrows it
 
     def put(k: int) -> object:
         return lambda c: c.execute("INSERT INTO blobs VALUES (?, ?)", (k, blob)).rowcount
 
-    writes = [store.write(put(k), quick=True) for k in range(500)]  # 4 MB; the cache holds 2
+    writes = [store.write(put(k), quick=True) for k in range(500)]
     writes.append(store.write(lambda c: during.append(wal.stat().st_size), quick=True))
     await asyncio.gather(*writes)
     assert during == [before]
@@ -418,8 +420,21 @@ def sqlite_temp_files() -> list[str]:
     return found
 
 
+def rewrite_in_a_savepoint(conn: sqlite3.Connection, rows: int, size: int) -> list[str]:
+    """Rewrite `rows` rows of `blobs` inside a savepoint of an open transaction; the
+    temporary files open meanwhile."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("SAVEPOINT joining")
+        for k in range(rows):
+            conn.execute("UPDATE blobs SET v = ? WHERE k = ?", (bytes(size), k))
+        return sqlite_temp_files()
+    finally:
+        conn.execute("ROLLBACK")
+
+
 async def test_writes_joining_a_group_in_a_savepoint_keep_its_journal_in_memory(
-    store: Store,
+    store: Store, tmp_path: Path
 ) -> None:
     """The steps that join an early write's group go in a savepoint, whose journal SQLite
     writes to a temporary file once it passes 64 KiB: the loop would be writing to the disk.
@@ -429,6 +444,12 @@ async def test_writes_joining_a_group_in_a_savepoint_keep_its_journal_in_memory(
     await store.write(
         lambda c: c.executemany("INSERT INTO blobs VALUES (?, ?)", ((k, blob) for k in range(200)))
     )
+    # The same on a connection as SQLite makes it: the look at the files sees the journal.
+    plain = sqlite3.connect(tmp_path / "router.db", isolation_level=None)
+    try:
+        assert rewrite_in_a_savepoint(plain, 200, 3001)
+    finally:
+        plain.close()
     loop = asyncio.get_running_loop()
     during: list[list[str]] = []
     joined: list[asyncio.Future[Any]] = []

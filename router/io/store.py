@@ -346,11 +346,13 @@ class Store:
         self._quick = mode == "wal"
         if self._quick:
             conn.execute("PRAGMA busy_timeout=0")
-            # Nor must a disk that stalls, so the loop's statements never write to one: dirty
-            # pages past the cache would be spilled to the WAL mid-transaction, and the journal
-            # of the savepoint that late writes join in to a temporary file past 64 KiB. Both
-            # stay in memory (pages of rows whose data is in memory anyway) until the COMMIT,
-            # on the writer thread; the cache shrinks back after it.
+            # Nor must a disk that stalls, so the loop's statements make no writes to a file
+            # (the WAL index, a shared mapping, aside): dirty pages past the cache would be
+            # spilled to the WAL mid-transaction, and the journal of the savepoint that late
+            # writes join in to a temporary file past 64 KiB. Both stay in memory, as large as
+            # the transaction (a group holds at most GROUP_LIMIT writes by key; the writer
+            # thread's own work goes in batches), until the COMMIT on the writer thread, and
+            # SQLite's memory shrinks back to its cache after it.
             conn.execute("PRAGMA cache_spill=OFF")
             conn.execute("PRAGMA temp_store=MEMORY")
         self._conn = conn

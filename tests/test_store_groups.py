@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -420,14 +420,18 @@ def sqlite_temp_files() -> list[str]:
     return found
 
 
-def rewrite_in_a_savepoint(conn: sqlite3.Connection, rows: int, size: int) -> list[str]:
+def rewrite(k: int) -> Callable[[sqlite3.Connection], int]:
+    return lambda c: c.execute("UPDATE blobs SET v = ? WHERE k = ?", (bytes(3001), k)).rowcount
+
+
+def rewrite_in_a_savepoint(conn: sqlite3.Connection, rows: int) -> list[str]:
     """Rewrite `rows` rows of `blobs` inside a savepoint of an open transaction; the
     temporary files open meanwhile."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("SAVEPOINT joining")
         for k in range(rows):
-            conn.execute("UPDATE blobs SET v = ? WHERE k = ?", (bytes(size), k))
+            rewrite(k)(conn)
         return sqlite_temp_files()
     finally:
         conn.execute("ROLLBACK")
@@ -447,15 +451,12 @@ async def test_writes_joining_a_group_in_a_savepoint_keep_its_journal_in_memory(
     # The same on a connection as SQLite makes it: the look at the files sees the journal.
     plain = sqlite3.connect(tmp_path / "router.db", isolation_level=None)
     try:
-        assert rewrite_in_a_savepoint(plain, 200, 3001)
+        assert rewrite_in_a_savepoint(plain, 200)
     finally:
         plain.close()
     loop = asyncio.get_running_loop()
     during: list[list[str]] = []
     joined: list[asyncio.Future[Any]] = []
-
-    def rewrite(k: int) -> object:
-        return lambda c: c.execute("UPDATE blobs SET v = ? WHERE k = ?", (bytes(3001), k)).rowcount
 
     def route(_: object) -> None:  # an actor's turn comes in a callback after this one
         def turn() -> None:

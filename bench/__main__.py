@@ -7,9 +7,11 @@ figures. Parts run one after another, never side by side: they share the machine
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.throughput import CHECKOUT  # each part runs this checkout's code
 
@@ -21,7 +23,26 @@ PARTS = (
 )
 
 
+def read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "-"
+
+
+def host() -> str:
+    """What the latency figures rest on besides the code: how busy the host is, and whether
+    an idle vCPU halts at once (a thread woken on it then waits for the host to run the vCPU
+    again; the router wakes its store's writer thread twice per group commit)."""
+    return (
+        f"host: {os.cpu_count()} cpus, load average {read('/proc/loadavg').split(' ')[0]},"
+        f" cpuidle {read('/sys/devices/system/cpu/cpuidle/current_driver')},"
+        f" guest_halt_poll_ns {read('/sys/module/haltpoll/parameters/guest_halt_poll_ns')}"
+    )
+
+
 def main() -> int:
+    print(host(), flush=True)
     failed = 0
     for title, module in PARTS:
         print(f"\n== {title}: python -m {' '.join(module)}", flush=True)

@@ -343,12 +343,13 @@ async def open_loop(
 
     The generator must not stall its own schedule: a stall sends what fell due meanwhile as
     one burst, to the relay and the router alike, and the burst, not the offered rate, then
-    sets the p99. So its garbage collector is off for the run (what the warm-up left is
-    frozen first), and the sends are awaited as they are made: gathering them all at the end
-    held the last one back for as long as the gather took to set up."""
+    sets the p99. So its garbage collector is off for the run, after one full collection
+    (the sends make no cyclic garbage), and each send joins a task group as it is made:
+    gathering them all after the last held the last ones back while the gather set itself
+    up. A send that fails stops the run."""
     total = int(rate * seconds)
     gc.collect()
-    gc.freeze()
+    collecting = gc.isenabled()
     gc.disable()
     try:
         start = time.monotonic()
@@ -370,8 +371,8 @@ async def open_loop(
         accepted = sum(task.result() for task in tasks)
         return OpenLoop(total, accepted, time.monotonic() - start, lag * 1000)
     finally:
-        gc.enable()
-        gc.unfreeze()
+        if collecting:
+            gc.enable()
 
 
 async def counts(session: aiohttp.ClientSession, url: str) -> dict[str, int]:

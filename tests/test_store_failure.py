@@ -24,6 +24,7 @@ import router.daemon as daemon_module
 from router.io import records
 from tests.clock import ManualClock
 from tests.conftest import ASSET_TOKEN, Daemon, Peers, StartRouter, execute
+from tests.store_faults import fail_before_commit
 from tests.test_metrics import scrape, value
 
 DB = "router.db"
@@ -318,7 +319,7 @@ async def test_a_message_whose_commit_fails_after_it_was_routed_is_never_sent_an
             raise failures.pop()
         check_file()
 
-    monkeypatch.setattr(store, "_check_file", once)
+    fail_before_commit(monkeypatch, store, once)
     with capture_logs() as logs:
         assert_refused(await customer(daemon, "m1", "m1"))
         await until_health(daemon, "degraded")

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from router.io.metrics import Metrics
 from router.io.store import GROUP_LIMIT, RanAhead, Store
+from tests.store_faults import fail_before_commit
 
 
 @pytest.fixture
@@ -199,7 +200,7 @@ async def test_an_early_write_that_does_not_land_takes_what_followed_with_it(
     def broken_disk() -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "_check_file", broken_disk)
+    fail_before_commit(monkeypatch, store, broken_disk)
     row = store.write_early(note(1), route)
     with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
         await row
@@ -279,7 +280,7 @@ async def test_a_fault_of_the_stores_own_fails_the_group_and_the_writer_goes_on(
     def broken() -> None:
         raise RuntimeError("a bug in the store")
 
-    monkeypatch.setattr(store, "_check_file", broken)
+    fail_before_commit(monkeypatch, store, broken)
     with pytest.raises(RuntimeError):
         await store.write(note(1), quick=True)
     monkeypatch.undo()
@@ -316,7 +317,7 @@ async def test_an_early_write_whose_waiter_gave_up_still_fences_what_followed(
     def broken_disk() -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "_check_file", broken_disk)
+    fail_before_commit(monkeypatch, store, broken_disk)
     row = store.write_early(note(1), lambda _: None)
     await asyncio.sleep(0)
     row.cancel()
@@ -472,3 +473,52 @@ async def test_writes_joining_a_group_in_a_savepoint_keep_its_journal_in_memory(
         await store.read(lambda c: c.execute("SELECT sum(length(v)) FROM blobs").fetchone()[0])
         == 200 * 3001
     )
+
+
+async def test_quick_groups_commit_on_the_native_thread(tmp_path: Path) -> None:
+    """The install builds the commit thread: without it every group waits for the GIL on its
+    way to disk (`router/io/commit_thread.py`)."""
+    with capture_logs() as logs:
+        native = Store(tmp_path / "router.db")
+        native.open()
+    try:
+        assert [e["kind"] for e in logs if e["event"] == "store_commit_thread"] == ["native"]
+        assert await native.write(lambda c: c.execute("CREATE TABLE notes (n)").rowcount) == -1
+        assert await native.write(note(1), quick=True) == 1
+        assert await notes(native) == [1]
+    finally:
+        await native.drain()
+        await asyncio.get_running_loop().run_in_executor(None, native.close)
+
+
+async def test_a_commit_that_fails_on_the_native_thread_fails_its_group_and_the_store_goes_on(
+    store: Store,
+) -> None:
+    """A real COMMIT that fails (a deferred foreign key left broken): the group's writes
+    fail with the error the sqlite3 module would raise, what followed from its early write
+    is fenced, nothing of it lands, and the next group commits."""
+    assert store._native is not None
+    store._conn.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+    told: list[BaseException] = []
+    store.on_ran_ahead = told.append
+    behind: list[asyncio.Future[Any]] = []
+
+    def broken_reference(c: sqlite3.Connection) -> int:
+        c.execute("CREATE TABLE IF NOT EXISTS parents (id INTEGER PRIMARY KEY)")
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS children"
+            " (parent REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        return c.execute("INSERT INTO children VALUES (42)").rowcount
+
+    row = store.write_early(broken_reference, lambda _: behind.append(store.write(note(2))))
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY") as failed:
+        await row
+    assert failed.value.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
+    assert [type(error) for error in told] == [sqlite3.IntegrityError]
+    with pytest.raises(RanAhead):
+        await behind[0]
+    assert await store.write(note(3), quick=True) == 1
+    assert await notes(store) == [3]
+    tables = await store.read(lambda c: c.execute("SELECT name FROM sqlite_master").fetchall())
+    assert "children" not in {name for (name,) in tables}

@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 import structlog
 
+from router.io.commit_thread import Committer, commit_error, outcome_of, start_commit_thread
 from router.io.disk import FileIdentity, make_private
 from router.io.health import StoreHealth, StoreReplaced, WriteRefused
 from router.io.metrics import Metrics
@@ -316,6 +317,12 @@ class Store:
         self._flush_handle: asyncio.Handle | None = None
         self._drained: list[asyncio.Future[None]] = []
         self._conn: sqlite3.Connection | None = None
+        # The quick groups' COMMIT on a native thread, where one runs (`commit_thread`); the
+        # loop that watches it; the group it is committing.
+        self.native_commit = True
+        self._native: Committer | None = None
+        self._native_loop: asyncio.AbstractEventLoop | None = None
+        self._native_open: tuple[Batch, list[Outcome], float, bool] | None = None
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         # Reads: one thread, fed a queue; what it finds is handed back a batch at a time.
@@ -356,6 +363,8 @@ class Store:
             conn.execute("PRAGMA cache_spill=OFF")
             conn.execute("PRAGMA temp_store=MEMORY")
         self._conn = conn
+        if self._quick and self.native_commit:
+            self._native = start_commit_thread(conn, self.path, self.identity)
         self._writer = threading.Thread(target=self._write_loop, name="store-write", daemon=True)
         self._writer.start()
         self._read_conn = connect(self.path)
@@ -473,6 +482,13 @@ class Store:
     def close(self) -> None:
         """After `drain`: a write or read made from now on fails as made on a closed store."""
         self._closed = True
+        native, self._native = self._native, None
+        if native is not None:
+            native.stop()  # after the commit it was asked for, if any
+            if self._native_loop is not None:
+                # Heard on the loop, then let go of: its eventfd closes with it.
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    self._native_loop.call_soon_threadsafe(self._native_closed, native)
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
@@ -493,6 +509,11 @@ class Store:
         if self._aside_conn is not None:
             self._aside_conn.close()
             self._aside_conn = None
+
+    def _native_closed(self, native: Committer) -> None:
+        assert self._native_loop is not None
+        self._native_loop.remove_reader(native.fileno())
+        self._native_done(native)
 
     def _read_loop(self) -> None:
         """Reads in the order asked, each answer handed back with those found alongside it:
@@ -592,7 +613,44 @@ class Store:
             self._log.error("store_commit_fault", error=repr(exc), batch=len(batch))
             self._abandon(batch, exc, early)
             return
+        if self._native is not None and self.health.replaced is None:
+            self._commit_natively(self._native, (batch, outcomes, started, early))
+            return
         self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop, early))
+
+    def _commit_natively(
+        self, native: Committer, group: tuple[Batch, list[Outcome], float, bool]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if self._native_loop is not loop:
+            if self._native_loop is not None and not self._native_loop.is_closed():
+                self._native_loop.remove_reader(native.fileno())
+            loop.add_reader(native.fileno(), self._native_done, native)
+            self._native_loop = loop
+        self._native_open = group
+        native.commit()
+
+    def _native_done(self, native: Committer) -> None:
+        """The native thread's COMMIT is done: settled here when it landed; when it did not,
+        the writer thread fails the group as it fails its own (`_failed`, or the file check
+        of `_commit_prepared`, which says why), with the rollback."""
+        outcome = outcome_of(native)
+        if outcome is None or self._native_open is None:
+            return
+        batch, outcomes, started, early = self._native_open
+        self._native_open = None
+        loop = asyncio.get_running_loop()
+        if self._closed and (outcome.replaced or outcome.rc != 0):  # no writer thread now
+            error = _closed_store() if outcome.replaced else commit_error(outcome)
+            self._committed([(future, None, error) for _, future in batch], early)
+        elif outcome.replaced:
+            self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop, early))
+        elif outcome.rc != 0:
+            error = commit_error(outcome)
+            self._queue.put(lambda: self._commit_failed(batch, error, started, loop, early))
+        else:
+            self._observe(len(batch), started)
+            self._committed(outcomes)
 
     def _abandon(self, batch: Batch, error: Exception, early: bool) -> None:
         """Fail an open group on the loop, its transaction rolled back."""
@@ -795,12 +853,28 @@ class Store:
         loop: asyncio.AbstractEventLoop,
         ran_ahead: bool = False,
     ) -> None:
-        if self.metrics is not None:
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            self.metrics.commit_batch.observe(size)
+        self._observe(size, started)
         # One wake-up of the loop per commit, not one per write in it.
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
             loop.call_soon_threadsafe(self._committed, outcomes, ran_ahead)
+
+    def _observe(self, size: int, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.commit_batch.observe(size)
+
+    def _commit_failed(
+        self,
+        batch: Batch,
+        error: sqlite3.Error,
+        started: float,
+        loop: asyncio.AbstractEventLoop,
+        ran_ahead: bool,
+    ) -> None:
+        """A COMMIT the native thread ran failed: the writer thread hears of it as of its own."""
+        conn = self._conn
+        assert conn is not None
+        self._report(self._failed(conn, batch, error), len(batch), started, loop, ran_ahead)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting up to `busy_timeout_s` for a write lock held elsewhere."""

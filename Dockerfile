@@ -23,9 +23,13 @@ WORKDIR /opt/router
 COPY pyproject.toml README.md ./
 COPY router ./router
 COPY actors ./actors
-RUN python -m venv /opt/router/.venv \
+# A C compiler for the store's commit thread (router/io/_commit.c), removed once it is built.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && python -m venv /opt/router/.venv \
     && /opt/router/.venv/bin/pip install /opt/router \
-    && rm -rf /opt/router/router /opt/router/actors
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
+    && rm -rf /var/lib/apt/lists/* /opt/router/router /opt/router/actors
 ENV PATH=/opt/router/.venv/bin:$PATH
 
 COPY deploy/router.docker.toml /etc/router/router.toml

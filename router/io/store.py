@@ -1,13 +1,15 @@
 """The SQLite store (WAL): everything the router accepted, on disk before it is acknowledged.
 
 Writes are committed in groups: whatever has queued up while the last commit was on its way
-to disk is one transaction. A group of quick writes (the statements of one message's path:
-a few rows each) runs its statements on the loop, where they cost microseconds, and hands
-only the COMMIT and its fsync to the writer thread; any other group runs on that thread
-whole. The two never overlap: the next group starts once the last has committed. If one
-caller's work raises, the group is committed again on the thread, each work inside its own
-savepoint, so that one bad write fails alone. Reads use a second connection on a second
-thread; WAL lets them see every commit without waiting for the writer.
+to disk is one transaction. A group of quick writes (the statements of one message's path: a
+few rows each) runs its statements on the loop, where they cost microseconds, and hands only
+the COMMIT and its fsync to a native thread that never takes the GIL (`commit_thread`; the
+Python writer thread where it is not built, and to fail a group whose COMMIT failed); any
+other group runs on the writer thread whole. The two never overlap: the next group starts
+once the last has committed. If one caller's work raises, the group is committed again on
+the thread, each work inside its own savepoint, so that one bad write fails alone. Reads use
+a second connection on a second thread; WAL lets them see every commit without waiting for
+the writer.
 
 An early write (`write_early`: an event's intake row) is acted on as soon as it
 has run inside its group, and that group's COMMIT waits one loop hop, so that the writes it
@@ -588,7 +590,7 @@ class Store:
 
     def _seal(self) -> None:
         """Run the quick writes queued since the group's statements, in order, inside the
-        same transaction, then hand its COMMIT to the writer thread."""
+        same transaction, then hand its COMMIT to the native thread (or the writer thread)."""
         assert self._open is not None
         batch, outcomes, started, early = self._open
         self._open = None

@@ -115,9 +115,10 @@ YOUNG_GENERATION = 50_000
 def tune_interpreter() -> None:
     """Settings for a daemon holding many long-lived objects on one busy loop.
 
-    - The store's writer thread needs the GIL for a moment per group commit; at the default
-      5 ms switch interval it waits that long behind a busy loop, and every message waits
-      with it.
+    - The store's Python writer thread (every group where the native commit thread is not
+      built, and the groups that do not run on the loop) needs the GIL for a moment per
+      group; at the default 5 ms switch interval it waits that long behind a busy loop, and
+      every message waits with it.
     - Resident conversations live long, so after each full collection the survivors are
       frozen: the next full collection walks only what is newer, instead of every actor at
       every pass. Stopped actors break their own reference cycle, so freezing does not keep

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from router.io import commit_thread
 from router.io.metrics import Metrics
 from router.io.store import GROUP_LIMIT, RanAhead, Store
 from tests.store_faults import fail_before_commit
@@ -522,3 +523,52 @@ async def test_a_commit_that_fails_on_the_native_thread_fails_its_group_and_the_
     assert await notes(store) == [3]
     tables = await store.read(lambda c: c.execute("SELECT name FROM sqlite_master").fetchall())
     assert "children" not in {name for (name,) in tables}
+
+
+async def test_quick_groups_commit_on_the_writer_thread_where_no_native_thread_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extension cannot start (here: SQLite's functions not found): the store says so
+    and commits on the Python writer thread, quick groups and failures alike."""
+
+    def cannot_start(*args: object) -> None:
+        raise OSError("SQLite's functions are not found")
+
+    monkeypatch.setattr(commit_thread, "Committer", cannot_start)
+    with capture_logs() as logs:
+        python = Store(tmp_path / "router.db")
+        python.open()
+    try:
+        [started] = [e for e in logs if e["event"] == "store_commit_thread"]
+        assert (started["kind"], started["log_level"]) == ("python", "warning")
+        assert python._native is None
+        await python.write(lambda c: c.execute("CREATE TABLE notes (n INTEGER PRIMARY KEY)"))
+        assert [await python.write(note(n), quick=True) for n in (1, 2)] == [1, 1]
+        with pytest.raises(sqlite3.IntegrityError):
+            await python.write(note(1), quick=True)
+        assert await notes(python) == [1, 2]
+    finally:
+        await python.drain()
+        await asyncio.get_running_loop().run_in_executor(None, python.close)
+
+
+async def test_a_store_closed_with_a_native_commit_in_flight_settles_it(tmp_path: Path) -> None:
+    """Closed without a drain: the commit asked for is done before the thread stops, and
+    its writes hear of it; a write made after the close fails as made on a closed store."""
+    closing = Store(tmp_path / "router.db")
+    closing.open()
+    await closing.write(lambda c: c.execute("CREATE TABLE notes (n INTEGER PRIMARY KEY)"))
+    written = closing.write(note(1), quick=True)
+    while closing._native_open is None:  # its COMMIT handed to the native thread
+        await asyncio.sleep(0)
+    await asyncio.get_running_loop().run_in_executor(None, closing.close)
+    assert await asyncio.wait_for(written, 5) == 1
+    with pytest.raises(sqlite3.ProgrammingError):
+        await closing.write(note(2), quick=True)
+    reopened = Store(tmp_path / "router.db")
+    reopened.open()
+    try:
+        assert await notes(reopened) == [1]
+    finally:
+        await reopened.drain()
+        await asyncio.get_running_loop().run_in_executor(None, reopened.close)

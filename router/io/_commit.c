@@ -8,15 +8,17 @@
  * outcome once the eventfd is readable; the two threads never touch the outcome at once.
  *
  * The connection's handle comes from CPython's sqlite3.Connection, where it is the first
- * field after the object header; `router.io.commit_thread` checks it names the store's
- * file before using it. SQLite's functions are looked up in the library the sqlite3 module
- * loaded, so both work on the same SQLite.
+ * field after the object header: `router.io.commit_thread` passes only an exact
+ * sqlite3.Connection, only on the CPython versions whose layout that is, and then checks
+ * that the handle names the store's file. SQLite's functions are looked up in the library
+ * the sqlite3 module loaded, so both work on the same SQLite.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +43,8 @@ typedef struct {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int running;
+    int running; /* the thread was started and nobody has joined it yet */
+    int joining;
     int requested;
     int stopping;
     int done_fd;
@@ -110,8 +113,8 @@ static int Committer_init(Committer *self, PyObject *args, PyObject *kwds) {
     PyObject *conn, *path;
     const char *library;
     unsigned long long dev = 0, ino = 0;
-    if (self->conn != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "already started");
+    if (self->conn != NULL || self->path != NULL || self->done_fd >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "a Committer is set up once");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OsOKK", keywords, &conn, &library, &path,
@@ -156,7 +159,12 @@ static int Committer_init(Committer *self, PyObject *args, PyObject *kwds) {
     }
     pthread_mutex_init(&self->mu, NULL);
     pthread_cond_init(&self->cv, NULL);
+    /* Signals go to the interpreter's threads, never to this one. */
+    sigset_t all, before;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &before);
     int failed = pthread_create(&self->thread, NULL, run, self);
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
     if (failed) {
         errno = failed;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -178,14 +186,25 @@ static PyObject *Committer_filename(Committer *self, PyObject *unused) {
 }
 
 static PyObject *Committer_commit(Committer *self, PyObject *unused) {
-    if (!self->running) {
+    int refused = 0;
+    if (!self->running)
+        refused = 1;
+    else {
+        /* Under the lock: a request made before `stopping` is served before the thread
+         * ends (it ends only with none pending); one made after is refused. */
+        pthread_mutex_lock(&self->mu);
+        if (self->stopping)
+            refused = 1;
+        else {
+            self->requested = 1;
+            pthread_cond_signal(&self->cv);
+        }
+        pthread_mutex_unlock(&self->mu);
+    }
+    if (refused) {
         PyErr_SetString(PyExc_RuntimeError, "the commit thread is stopped");
         return NULL;
     }
-    pthread_mutex_lock(&self->mu);
-    self->requested = 1;
-    pthread_cond_signal(&self->cv);
-    pthread_mutex_unlock(&self->mu);
     Py_RETURN_NONE;
 }
 
@@ -193,8 +212,11 @@ static PyObject *Committer_outcome(Committer *self, PyObject *unused) {
     uint64_t n;
     if (self->done_fd < 0 || read(self->done_fd, &n, sizeof(n)) < 0)
         Py_RETURN_NONE; /* no commit finished since the last call */
-    return Py_BuildValue("(iiOs)", self->rc, self->extended,
-                         self->replaced ? Py_True : Py_False, self->errmsg);
+    PyObject *message = PyUnicode_DecodeUTF8(self->errmsg, strlen(self->errmsg), "replace");
+    if (message == NULL)
+        return NULL;
+    return Py_BuildValue("(iiON)", self->rc, self->extended,
+                         self->replaced ? Py_True : Py_False, message);
 }
 
 static PyObject *Committer_fileno(Committer *self, PyObject *unused) {
@@ -205,13 +227,19 @@ static void stop(Committer *self) {
     if (!self->running)
         return;
     pthread_mutex_lock(&self->mu);
+    int first = !self->joining; /* only one caller joins the thread */
+    self->joining = 1;
     self->stopping = 1;
     pthread_cond_signal(&self->cv);
     pthread_mutex_unlock(&self->mu);
+    if (!first)
+        return;
     Py_BEGIN_ALLOW_THREADS
     pthread_join(self->thread, NULL); /* after the commit asked for, if any */
     Py_END_ALLOW_THREADS
     self->running = 0;
+    pthread_mutex_destroy(&self->mu);
+    pthread_cond_destroy(&self->cv);
 }
 
 static PyObject *Committer_stop(Committer *self, PyObject *unused) {

@@ -42,21 +42,25 @@ def start_commit_thread(
     conn: sqlite3.Connection, path: Path, identity: FileIdentity | None
 ) -> Committer | None:
     """A native commit thread on `conn`, or None where one cannot run (no compiled
-    extension, an interpreter whose connection it cannot read, a handle that is not the
-    store's file): then the Python writer thread commits."""
+    extension, an interpreter whose connection it cannot read, SQLite's functions not found,
+    a handle that is not the store's file): then the Python writer thread commits."""
     log = structlog.get_logger("router.store")
-    if Committer is None or not _KNOWN_LAYOUT:
+    if Committer is None or not _KNOWN_LAYOUT or type(conn) is not sqlite3.Connection:
         log.info("store_commit_thread", kind="python")
         return None
-    import _sqlite3
+    try:
+        import _sqlite3
 
-    committer = Committer(
-        conn,
-        _sqlite3.__file__,
-        str(path) if identity is not None else None,
-        identity.device if identity is not None else 0,
-        identity.inode if identity is not None else 0,
-    )
+        committer = Committer(
+            conn,
+            _sqlite3.__file__,
+            str(path) if identity is not None else None,
+            identity.device if identity is not None else 0,
+            identity.inode if identity is not None else 0,
+        )
+    except (ImportError, AttributeError, OSError, ValueError, RuntimeError) as exc:
+        log.warning("store_commit_thread", kind="python", reason=str(exc))
+        return None
     if committer.filename() != os.path.realpath(path):
         committer.stop()
         log.warning("store_commit_thread", kind="python", reason="handle_mismatch")
@@ -86,9 +90,60 @@ _ERRORS: dict[int, type[sqlite3.Error]] = {
 
 
 def commit_error(outcome: CommitOutcome) -> sqlite3.Error:
-    """The exception the sqlite3 module would have raised for this failed COMMIT."""
+    """The exception the sqlite3 module would have raised for this failed COMMIT (but for
+    SQLITE_NOMEM, which it raises as MemoryError: here an OperationalError, so that the
+    store counts it as its own failure)."""
     error = _ERRORS.get(outcome.rc & 0xFF, sqlite3.DatabaseError)(
         outcome.message or f"COMMIT failed with SQLite result code {outcome.extended}"
     )
     error.sqlite_errorcode = outcome.extended
+    error.sqlite_errorname = _error_name(outcome.extended)
     return error
+
+
+_PRIMARY = [
+    "OK",
+    "ERROR",
+    "INTERNAL",
+    "PERM",
+    "ABORT",
+    "BUSY",
+    "LOCKED",
+    "NOMEM",
+    "READONLY",
+    "INTERRUPT",
+    "IOERR",
+    "CORRUPT",
+    "NOTFOUND",
+    "FULL",
+    "CANTOPEN",
+    "PROTOCOL",
+    "EMPTY",
+    "SCHEMA",
+    "TOOBIG",
+    "CONSTRAINT",
+    "MISMATCH",
+    "MISUSE",
+    "NOLFS",
+    "AUTH",
+    "FORMAT",
+    "RANGE",
+    "NOTADB",
+    "NOTICE",
+    "WARNING",
+]
+# The extended codes the sqlite3 module names (each above 255, so none is also an
+# authorizer's action code or a primary code).
+_EXTENDED = {
+    value: name
+    for name in dir(sqlite3)
+    if name.startswith("SQLITE_") and isinstance(value := getattr(sqlite3, name), int)
+    if value > 255
+}
+
+
+def _error_name(code: int) -> str:
+    if code in _EXTENDED:
+        return _EXTENDED[code]
+    primary = code & 0xFF
+    return f"SQLITE_{_PRIMARY[primary]}" if primary < len(_PRIMARY) else "SQLITE_UNKNOWN"

@@ -2,10 +2,10 @@
 
 Counters and histograms are counted where the event happens: intake in the HTTP doors,
 attempts at the edge, retries, parkings and dead letters in the conversation that decides
-them, restarts and passivations in the directory, commits on the store's writer thread
-(prometheus_client is thread-safe). What is a state rather than an event (actors resident,
-mailboxes, integration states) is read when scraped, from a `LiveView` the daemon supplies,
-so nothing on the hot path keeps a gauge up to date.
+them, restarts and passivations in the directory, commits where the store hears of them (the
+loop, or its writer thread: prometheus_client is thread-safe). What is a state rather than
+an event (actors resident, mailboxes, integration states) is read when scraped, from a
+`LiveView` the daemon supplies, so nothing on the hot path keeps a gauge up to date.
 
 Labels take few values: sources, channels, destination kinds, outcomes, reasons, integration
 ids, states. Never a user or a conversation id.
@@ -234,7 +234,7 @@ class Metrics:
         # -- the store
         self.commit_seconds = Histogram(
             "router_store_commit_duration_seconds",
-            "One group commit on the writer thread, fsync included",
+            "One group commit from its start, fsync included",
             buckets=COMMIT_BUCKETS,
             registry=r,
         )

@@ -615,22 +615,35 @@ class Store:
             self._log.error("store_commit_fault", error=repr(exc), batch=len(batch))
             self._abandon(batch, exc, early)
             return
-        if self._native is not None and self.health.replaced is None:
-            self._commit_natively(self._native, (batch, outcomes, started, early))
-            return
+        native = self._native
+        group = (batch, outcomes, started, early)
+        if native is not None and self.health.replaced is None:
+            if self._commit_natively(native, group):
+                return
+            if self._closed:  # the writer thread may be gone too
+                self._abandon(batch, _closed_store(), early)
+                return
         self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop, early))
 
     def _commit_natively(
         self, native: Committer, group: tuple[Batch, list[Outcome], float, bool]
-    ) -> None:
+    ) -> bool:
+        """Whether the native thread took the COMMIT; not when the store closes meanwhile
+        or the loop is not the one that watches the thread."""
         loop = asyncio.get_running_loop()
-        if self._native_loop is not loop:
-            if self._native_loop is not None and not self._native_loop.is_closed():
-                self._native_loop.remove_reader(native.fileno())
+        if self._native_loop is None:
             loop.add_reader(native.fileno(), self._native_done, native)
             self._native_loop = loop
+        elif self._native_loop is not loop:
+            return False
+        assert self._native_open is None
         self._native_open = group
-        native.commit()
+        try:
+            native.commit()
+        except RuntimeError:  # stopped by `close`: no commit will come
+            self._native_open = None
+            return False
+        return True
 
     def _native_done(self, native: Committer) -> None:
         """The native thread's COMMIT is done: settled here when it landed; when it did not,

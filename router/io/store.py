@@ -647,8 +647,9 @@ class Store:
 
     def _native_done(self, native: Committer) -> None:
         """The native thread's COMMIT is done: settled here when it landed; when it did not,
-        the writer thread fails the group as it fails its own (`_failed`, or the file check
-        of `_commit_prepared`, which says why), with the rollback."""
+        `_commit_prepared` on the writer thread fails the group as if its own COMMIT had
+        failed, or checks the file again and says why it is not the store's, with the
+        rollback."""
         outcome = outcome_of(native)
         if outcome is None or self._native_open is None:
             return
@@ -662,7 +663,9 @@ class Store:
             self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop, early))
         elif outcome.rc != 0:
             error = commit_error(outcome)
-            self._queue.put(lambda: self._commit_failed(batch, error, started, loop, early))
+            self._queue.put(
+                lambda: self._commit_prepared(batch, outcomes, started, loop, early, error)
+            )
         else:
             self._observe(len(batch), started)
             self._committed(outcomes)
@@ -808,11 +811,16 @@ class Store:
         started: float,
         loop: asyncio.AbstractEventLoop,
         ran_ahead: bool,
+        failed: sqlite3.Error | None = None,
     ) -> None:
+        """`failed`: the native thread's COMMIT failed so; the group fails here as if it had
+        failed here, with its rollback."""
         conn = self._conn
         assert conn is not None
         lost = True
         try:
+            if failed is not None:
+                raise failed
             self._check_file()
             conn.execute("COMMIT")
             lost = False
@@ -877,19 +885,6 @@ class Store:
         if self.metrics is not None:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self.metrics.commit_batch.observe(size)
-
-    def _commit_failed(
-        self,
-        batch: Batch,
-        error: sqlite3.Error,
-        started: float,
-        loop: asyncio.AbstractEventLoop,
-        ran_ahead: bool,
-    ) -> None:
-        """A COMMIT the native thread ran failed: the writer thread hears of it as of its own."""
-        conn = self._conn
-        assert conn is not None
-        self._report(self._failed(conn, batch, error), len(batch), started, loop, ran_ahead)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting up to `busy_timeout_s` for a write lock held elsewhere."""

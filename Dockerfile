@@ -28,7 +28,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && python -m venv /opt/router/.venv \
     && /opt/router/.venv/bin/pip install /opt/router \
-    && /opt/router/.venv/bin/python -c "import router.io._commit" \
+    && (cd / && /opt/router/.venv/bin/python -c "import router.io._commit") \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/* /opt/router/router /opt/router/actors
 ENV PATH=/opt/router/.venv/bin:$PATH

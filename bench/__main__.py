@@ -34,8 +34,8 @@ def host() -> str:
     """What the latency figures rest on besides the code: how busy this machine is, and
     whether an idle vCPU halts at once (a thread woken on it then waits for the hypervisor to
     run the vCPU again; each group commit takes two wake-ups, the commit thread's and then the
-    loop's), and whether the store commits on its native thread or, where the extension was
-    not built, on a Python thread. `guest_halt_poll_ns` applies only where driver and governor
+    loop's), and whether the store's native commit thread was built (without it, a Python
+    thread commits). `guest_halt_poll_ns` applies only where driver and governor
     are `haltpoll`."""
     from router.io.commit_thread import Committer
 
@@ -45,7 +45,7 @@ def host() -> str:
         f" cpuidle driver {read(f'{cpuidle}/current_driver')}"
         f" governor {read(f'{cpuidle}/current_governor_ro')},"
         f" guest_halt_poll_ns {read('/sys/module/haltpoll/parameters/guest_halt_poll_ns')};"
-        f" store commit thread {'python' if Committer is None else 'native'}"
+        f" native commit thread {'not built' if Committer is None else 'built'}"
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import sysconfig
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +29,12 @@ __all__ = ["CommitOutcome", "Committer", "commit_error", "outcome_of", "start_co
 
 # CPython's sqlite3.Connection holds its SQLite handle first after the object header in
 # these versions; the extension reads it there, so it is used nowhere else.
-_KNOWN_LAYOUT = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 13)
+# The thread's outcome and its stop rely on the GIL, so not on a build without it.
+_KNOWN_LAYOUT = (
+    sys.implementation.name == "cpython"
+    and (3, 11) <= sys.version_info[:2] <= (3, 13)
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")
+)
 
 
 class CommitOutcome(NamedTuple):

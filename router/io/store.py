@@ -302,7 +302,7 @@ class Store:
         self.now = now
         self.busy_timeout_s = BUSY_TIMEOUT_S
         # Owned by the loop: writes waiting for the next group, and whether a group is on
-        # its way to disk (the write connection is the writer thread's until it lands).
+        # its way to disk (the write connection is the commit thread's until it lands).
         self._pending: deque[Pending] = deque()
         # The quick group whose statements have run on the loop and whose COMMIT waits a
         # moment for the writes that follow from it (`_seal`).
@@ -326,6 +326,7 @@ class Store:
         self._native_loop: asyncio.AbstractEventLoop | None = None
         self._native_open: tuple[Batch, list[Outcome], float, bool] | None = None
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._queue_lock = threading.Lock()  # `_closed` set, or a job queued, never between
         self._writer: threading.Thread | None = None
         # Reads: one thread, fed a queue; what it finds is handed back a batch at a time.
         self._reads: queue.SimpleQueue[_Read | None] = queue.SimpleQueue()
@@ -360,7 +361,7 @@ class Store:
             # spilled to the WAL mid-transaction, and the journal of the savepoint that late
             # writes join in to a temporary file past 64 KiB. Both stay in memory, as large as
             # the transaction (a group holds at most GROUP_LIMIT writes by key; the writer
-            # thread's own work goes in batches), until the COMMIT on the writer thread, and
+            # thread's own work goes in batches), until the COMMIT on its thread, and
             # SQLite's memory shrinks back to its cache after it.
             conn.execute("PRAGMA cache_spill=OFF")
             conn.execute("PRAGMA temp_store=MEMORY")
@@ -483,7 +484,8 @@ class Store:
 
     def close(self) -> None:
         """After `drain`: a write or read made from now on fails as made on a closed store."""
-        self._closed = True
+        with self._queue_lock:
+            self._closed = True
         native, self._native = self._native, None
         if native is not None:
             native.stop()  # after the commit it was asked for, if any
@@ -552,7 +554,8 @@ class Store:
 
     def _flush(self) -> None:
         """Start the next group: its statements here when every work in it is quick, the
-        COMMIT (or the whole group) on the writer thread."""
+        COMMIT on the native thread (`_seal`); otherwise the whole group on the writer
+        thread."""
         self._flush_handle = None
         if self._busy or not self._pending:
             return
@@ -583,10 +586,10 @@ class Store:
                 return
             if outcomes is _RAISED:  # one work raised: straight to a savepoint each
                 self._then_once_durable(taken)
-                self._queue.put(lambda: self._commit(batch, started, loop, apart=True))
+                self._to_writer(lambda: self._commit(batch, started, loop, apart=True), batch)
                 return
         self._then_once_durable(taken)
-        self._queue.put(lambda: self._commit(batch, started, loop))
+        self._to_writer(lambda: self._commit(batch, started, loop), batch)
 
     def _seal(self) -> None:
         """Run the quick writes queued since the group's statements, in order, inside the
@@ -623,7 +626,9 @@ class Store:
             if self._closed:  # the writer thread may be gone too
                 self._abandon(batch, _closed_store(), early)
                 return
-        self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop, early))
+        self._to_writer(
+            lambda: self._commit_prepared(batch, outcomes, started, loop, early), batch, early
+        )
 
     def _commit_natively(
         self, native: Committer, group: tuple[Batch, list[Outcome], float, bool]
@@ -660,22 +665,38 @@ class Store:
             error = _closed_store() if outcome.replaced else commit_error(outcome)
             self._committed([(future, None, error) for _, future in batch], early)
         elif outcome.replaced:
-            self._queue.put(lambda: self._commit_prepared(batch, outcomes, started, loop, early))
+            self._to_writer(
+                lambda: self._commit_prepared(batch, outcomes, started, loop, early), batch, early
+            )
         elif outcome.rc != 0:
             error = commit_error(outcome)
-            self._queue.put(
-                lambda: self._commit_prepared(batch, outcomes, started, loop, early, error)
+            self._to_writer(
+                lambda: self._commit_prepared(batch, outcomes, started, loop, early, error),
+                batch,
+                early,
             )
         else:
             self._observe(len(batch), started)
             self._committed(outcomes)
 
+    def _to_writer(self, job: Callable[[], None], batch: Batch, early: bool = False) -> None:
+        """Queue a job for the writer thread, or fail its group when the store is closing:
+        `close` sets `_closed` under the same lock before it queues the writer's end, so a
+        job queued here always runs before that end."""
+        with self._queue_lock:
+            if not self._closed:
+                self._queue.put(job)
+                return
+        self._abandon(batch, _closed_store(), early)
+
     def _abandon(self, batch: Batch, error: Exception, early: bool) -> None:
-        """Fail an open group on the loop, its transaction rolled back."""
-        if self._conn is not None:
+        """Fail an open group on the loop, its transaction rolled back (by `close` itself,
+        once closing: the connection is being closed on another thread)."""
+        conn = self._conn
+        if conn is not None and not self._closed:
             with contextlib.suppress(sqlite3.Error):
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
         self._committed([(future, None, error) for _, future in batch], early)
 
     def _ran(self, taken: list[Pending], outcomes: list[Outcome]) -> bool:

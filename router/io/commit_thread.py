@@ -57,13 +57,8 @@ def start_commit_thread(
     try:
         import _sqlite3
 
-        committer = Committer(
-            conn,
-            _sqlite3.__file__,
-            str(path) if identity is not None else None,
-            identity.device if identity is not None else 0,
-            identity.inode if identity is not None else 0,
-        )
+        check = (None, 0, 0) if identity is None else (str(path), identity.device, identity.inode)
+        committer = Committer(conn, _sqlite3.__file__, *check)
     except (ImportError, AttributeError, OSError, ValueError, RuntimeError) as exc:
         log.warning("store_commit_thread", kind="python", reason=str(exc))
         return None

@@ -52,6 +52,9 @@ Batch = list[tuple[Work, "Settles"]]
 # quick, and what to call with its result as soon as it has run inside its group
 # (`write_early`).
 Pending = tuple[Work, "Settles", bool, "_Then | None"]
+# A quick group whose statements have run: its writes, their outcomes so far, when it
+# started, and whether any was acted on before its commit.
+OpenGroup = tuple[Batch, list["Outcome"], float, bool]
 
 
 class Settles(Protocol):
@@ -306,7 +309,7 @@ class Store:
         self._pending: deque[Pending] = deque()
         # The quick group whose statements have run on the loop and whose COMMIT waits a
         # moment for the writes that follow from it (`_seal`).
-        self._open: tuple[Batch, list[Outcome], float, bool] | None = None
+        self._open: OpenGroup | None = None
         # The early writes of a group the writer thread runs whole, whose `then` waits for
         # its commit (`_then_once_durable`).
         self._thens_at_commit: list[tuple[Settles, _Then]] = []
@@ -321,10 +324,9 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         # The quick groups' COMMIT on a native thread, where one runs (`commit_thread`); the
         # loop that watches it; the group it is committing.
-        self.native_commit = True
         self._native: Committer | None = None
         self._native_loop: asyncio.AbstractEventLoop | None = None
-        self._native_open: tuple[Batch, list[Outcome], float, bool] | None = None
+        self._native_open: OpenGroup | None = None
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._queue_lock = threading.Lock()  # `_closed` set, or a job queued, never between
         self._writer: threading.Thread | None = None
@@ -366,7 +368,7 @@ class Store:
             conn.execute("PRAGMA cache_spill=OFF")
             conn.execute("PRAGMA temp_store=MEMORY")
         self._conn = conn
-        if self._quick and self.native_commit:
+        if self._quick:
             self._native = start_commit_thread(conn, self.path, self.identity)
         self._writer = threading.Thread(target=self._write_loop, name="store-write", daemon=True)
         self._writer.start()
@@ -618,24 +620,25 @@ class Store:
             self._log.error("store_commit_fault", error=repr(exc), batch=len(batch))
             self._abandon(batch, exc, early)
             return
+        # Where the native thread does not take it (none runs, the file was replaced, the
+        # store is closing), the writer thread does; its queue fails the group once closed.
         native = self._native
         group = (batch, outcomes, started, early)
-        if native is not None and self.health.replaced is None:
-            if self._commit_natively(native, group):
-                return
-            if self._closed:  # the writer thread may be gone too
-                self._abandon(batch, _closed_store(), early)
-                return
+        if (
+            native is not None
+            and self.health.replaced is None
+            and self._commit_natively(native, loop, group)
+        ):
+            return
         self._to_writer(
             lambda: self._commit_prepared(batch, outcomes, started, loop, early), batch, early
         )
 
     def _commit_natively(
-        self, native: Committer, group: tuple[Batch, list[Outcome], float, bool]
+        self, native: Committer, loop: asyncio.AbstractEventLoop, group: OpenGroup
     ) -> bool:
         """Whether the native thread took the COMMIT; not when the store closes meanwhile
         or the loop is not the one that watches the thread."""
-        loop = asyncio.get_running_loop()
         if self._native_loop is None:
             loop.add_reader(native.fileno(), self._native_done, native)
             self._native_loop = loop
@@ -660,24 +663,21 @@ class Store:
             return
         batch, outcomes, started, early = self._native_open
         self._native_open = None
-        loop = asyncio.get_running_loop()
-        if self._closed and (outcome.replaced or outcome.rc != 0):  # no writer thread now
-            error = _closed_store() if outcome.replaced else commit_error(outcome)
-            self._committed([(future, None, error) for _, future in batch], early)
-        elif outcome.replaced:
-            self._to_writer(
-                lambda: self._commit_prepared(batch, outcomes, started, loop, early), batch, early
-            )
-        elif outcome.rc != 0:
-            error = commit_error(outcome)
-            self._to_writer(
-                lambda: self._commit_prepared(batch, outcomes, started, loop, early, error),
-                batch,
-                early,
-            )
-        else:
+        if not outcome.replaced and outcome.rc == 0:
             self._observe(len(batch), started)
             self._committed(outcomes)
+            return
+        failed = None if outcome.replaced else commit_error(outcome)
+        if self._closed:  # no writer thread now
+            error = failed or _closed_store()
+            self._committed([(future, None, error) for _, future in batch], early)
+            return
+        loop = asyncio.get_running_loop()
+        self._to_writer(
+            lambda: self._commit_prepared(batch, outcomes, started, loop, early, failed),
+            batch,
+            early,
+        )
 
     def _to_writer(self, job: Callable[[], None], batch: Batch, early: bool = False) -> None:
         """Queue a job for the writer thread, or fail its group when the store is closing:

@@ -38,7 +38,7 @@ from router.domain.events import (
     SessionIdle,
 )
 from router.domain.lanes import Lane, LaneDecision, Remove, RetryAt, Save, Send
-from router.domain.state import Conversation
+from router.domain.state import TRANSCRIPT_PRUNE_EVERY, Conversation
 from router.domain.step import Context, Step
 from router.io.clock import Clock
 from router.io.effects import Edge, Persist, ReadTranscript, Tell, TellAt, TranscriptRead
@@ -117,6 +117,7 @@ class ConversationActor(RouterActor):
         self._initial: Sequence[LaneDecision] = initial or ()
         self.owes_idle = False  # could not retire when asked: tell the core once idle
         self._persist_new = persist_new
+        self._appended = 0  # transcript messages this actor wrote: see TRANSCRIPT_PRUNE_EVERY
 
     def about(self) -> dict[str, Any]:
         """Every line about a conversation carries these, passed at the call: made only when
@@ -266,7 +267,12 @@ class ConversationActor(RouterActor):
                     ccsp_conversation_id=session.ccsp_conversation_id,
                     status=session.status,
                 )
-        writes.extend(AppendTranscript(cid, entry) for entry in step.transcript)
+        for entry in step.transcript:
+            # The first since the actor started, then every TRANSCRIPT_PRUNE_EVERY-th: one
+            # actor per conversation writes its transcript, so this bounds its rows.
+            prune = self._appended % TRANSCRIPT_PRUNE_EVERY == 0
+            writes.append(AppendTranscript(cid, entry, prune))
+            self._appended += 1
         then: list[Tell | TellAt] = [
             TellAt(w.at, self.deps.core, ToConversation(cid, w.event)) for w in step.wake
         ]

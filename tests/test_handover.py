@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Daemon, Peers
+from router.domain.state import TRANSCRIPT_LENGTH, TRANSCRIPT_PRUNE_EVERY
+from tests.conftest import Daemon, Peers, execute
 
 
 async def start_and_hand_over(daemon: Daemon, peers: Peers) -> tuple[str, dict[str, Any]]:
@@ -188,4 +189,27 @@ async def test_the_handover_carries_the_last_twenty_messages_read_from_the_store
     assert [t["Message"] for t in conversation["transcript"]] == [
         *(f"message {n}" for n in range(5, 24)),
         "right after the handover",
+    ]
+
+
+async def test_a_transcript_on_disk_is_pruned_every_few_messages_and_read_to_its_last_twenty(
+    daemon: Daemon, peers: Peers
+) -> None:
+    """Older messages go with the first message after the conversation started and every
+    TRANSCRIPT_PRUNE_EVERY-th after it, not with each: the rows stay bounded."""
+    sent = 2 * TRANSCRIPT_LENGTH
+    for n in range(1, sent + 1):
+        status, _ = await daemon.customer(f"message {n}", f"m{n}")
+        assert status == 202
+    bodies = await peers.bot.wait_for(sent)
+    cid = bodies[0]["Conversationid"]
+    [(rows,)] = await execute(
+        daemon.router.store.path, f"SELECT count(*) FROM transcript WHERE conversation_id = '{cid}'"
+    )
+    # Pruned with messages 1, 9, 17, 25 and 33 of 40: the last 20 then, and seven since.
+    assert rows == TRANSCRIPT_LENGTH + (sent - 1) % TRANSCRIPT_PRUNE_EVERY
+    assert rows < TRANSCRIPT_LENGTH + TRANSCRIPT_PRUNE_EVERY
+    conversation = await daemon.conversation(cid)
+    assert [t["Message"] for t in conversation["transcript"]] == [
+        f"message {n}" for n in range(sent - TRANSCRIPT_LENGTH + 1, sent + 1)
     ]

@@ -12,6 +12,10 @@ Mode = Literal["flow", "bot", "bot_ccsp"]
 # A Handover carries the last this many messages. They are kept on disk, not with the
 # conversation: only a handover reads them.
 TRANSCRIPT_LENGTH = 20
+# Older messages are deleted with every this many appends of a conversation (and with its
+# first after it is started), not each: so its transcript holds at most
+# TRANSCRIPT_LENGTH + TRANSCRIPT_PRUNE_EVERY - 1 rows, of which a handover reads the last.
+TRANSCRIPT_PRUNE_EVERY = 8
 
 
 def conversation_key(asset: str, user: str, service: str, target: str) -> str:

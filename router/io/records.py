@@ -47,10 +47,13 @@ class InboxDone(msgspec.Struct, frozen=True):
 
 
 class AppendTranscript(msgspec.Struct, frozen=True):
-    """A message for the conversation's transcript; only the last TRANSCRIPT_LENGTH stay."""
+    """A message for the conversation's transcript; with `prune`, only the last
+    TRANSCRIPT_LENGTH stay (the one that deletes a row on another page costs more than the
+    append, so a conversation prunes every TRANSCRIPT_PRUNE_EVERY appends)."""
 
     conversation_id: str
     entry: dict[str, Any]
+    prune: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,13 @@ def apply_writes(conn: sqlite3.Connection, writes: tuple[Write, ...]) -> None:
                 ).rowcount
                 if not kept:
                     conn.execute("DELETE FROM inbox WHERE inbox_id = ?", (inbox_id,))
-            case AppendTranscript(conversation_id=cid, entry=entry):
+            case AppendTranscript(conversation_id=cid, entry=entry, prune=prune):
                 conn.execute(
                     "INSERT INTO transcript (conversation_id, entry) VALUES (?, ?)",
                     (cid, orjson.dumps(entry)),
                 )
-                conn.execute(_PRUNE_TRANSCRIPT, (cid, TRANSCRIPT_LENGTH))
+                if prune:
+                    conn.execute(_PRUNE_TRANSCRIPT, (cid, TRANSCRIPT_LENGTH))
             case InboxPoisoned(inbox_id=inbox_id, conversation_id=cid, error=error):
                 conn.execute(
                     "UPDATE inbox SET status = 'poisoned', conversation_id = ?, error = ? "

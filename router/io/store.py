@@ -44,6 +44,7 @@ from router.io.disk import FileIdentity, make_private
 from router.io.health import StoreHealth, StoreReplaced, WriteRefused
 from router.io.metrics import Metrics
 from router.io.records import beat
+from router.io.wal_vfs import writer_vfs
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
@@ -287,8 +288,13 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def connect(path: Path, vfs: str | None = None) -> sqlite3.Connection:
+    """A connection to the store's file, through `vfs` when one is named (`wal_vfs`)."""
+    if vfs is None:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    else:
+        uri = f"{path.absolute().as_uri()}?vfs={vfs}"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -347,7 +353,7 @@ class Store:
         """Create the file and schema; sqlite3/OS errors go to the caller, who names the path."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         make_private(self.path)
-        conn = connect(self.path)
+        conn = connect(self.path, writer_vfs())
         self.identity = FileIdentity.of(self.path)
         migrate(conn)
         # A lock held by another process must never stall the loop: the loop's BEGIN fails

@@ -1,0 +1,34 @@
+"""The VFS of the store's writer connection (`_wal_vfs.c`): a COMMIT's WAL frames reach the
+kernel in a few large writes, written out before the file's sync, instead of two small writes
+per page. Where the extension is not built, or SQLite's default VFS cannot be wrapped, the
+writer uses the default VFS: the same bytes on disk, written page by page.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+try:
+    from router.io import _wal_vfs
+except ImportError:  # built without a C compiler
+    _wal_vfs = None  # type: ignore[assignment]
+
+__all__ = ["writer_vfs"]
+
+
+def writer_vfs() -> str | None:
+    """The name of the VFS to open the writer's connection with, registered with the SQLite
+    the sqlite3 module loaded on first use; None for the default VFS."""
+    log = structlog.get_logger("router.store")
+    if _wal_vfs is None:
+        log.info("store_wal_writes", kind="page_by_page")
+        return None
+    try:
+        import _sqlite3
+
+        name = _wal_vfs.register(_sqlite3.__file__)
+    except (ImportError, AttributeError, OSError) as exc:
+        log.warning("store_wal_writes", kind="page_by_page", reason=str(exc))
+        return None
+    log.info("store_wal_writes", kind="coalesced")
+    return name

@@ -23,12 +23,13 @@ WORKDIR /opt/router
 COPY pyproject.toml README.md ./
 COPY router ./router
 COPY actors ./actors
-# A C compiler for the store's commit thread (router/io/_commit.c), removed once it is built.
+# A C compiler for the store's commit thread and WAL writes (router/io/_commit.c, _wal_vfs.c),
+# removed once they are built.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && python -m venv /opt/router/.venv \
     && /opt/router/.venv/bin/pip install /opt/router \
-    && (cd / && /opt/router/.venv/bin/python -c "import router.io._commit") \
+    && (cd / && /opt/router/.venv/bin/python -c "import router.io._commit, router.io._wal_vfs") \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/* /opt/router/router /opt/router/actors
 ENV PATH=/opt/router/.venv/bin:$PATH

@@ -34,9 +34,10 @@ def host() -> str:
     """What the latency figures rest on besides the code: how busy this machine is, and
     whether an idle vCPU halts at once (a thread woken on it then waits for the hypervisor to
     run the vCPU again; each group commit takes two wake-ups, the commit thread's and then the
-    loop's), and whether the store's native commit thread was built (without it, a Python
-    thread commits). `guest_halt_poll_ns` applies only where driver and governor
-    are `haltpoll`."""
+    loop's), and whether the store's native commit thread and WAL VFS were built (without
+    them, a Python thread commits, and SQLite writes the WAL page by page).
+    `guest_halt_poll_ns` applies only where driver and governor are `haltpoll`."""
+    from router.io import wal_vfs
     from router.io.commit_thread import Committer
 
     cpuidle = "/sys/devices/system/cpu/cpuidle"
@@ -45,7 +46,8 @@ def host() -> str:
         f" cpuidle driver {read(f'{cpuidle}/current_driver')}"
         f" governor {read(f'{cpuidle}/current_governor_ro')},"
         f" guest_halt_poll_ns {read('/sys/module/haltpoll/parameters/guest_halt_poll_ns')};"
-        f" native commit thread {'not built' if Committer is None else 'built'}"
+        f" native commit thread {'not built' if Committer is None else 'built'},"
+        f" WAL VFS {'not built' if wal_vfs._wal_vfs is None else 'built'}"
     )
 
 

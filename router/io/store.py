@@ -7,9 +7,10 @@ the COMMIT and its fsync to a native thread that never takes the GIL (`commit_th
 Python writer thread where it is not built, and to fail a group whose COMMIT failed); any
 other group runs on the writer thread whole. The two never overlap: the next group starts
 once the last has committed. If one caller's work raises, the group is committed again on
-the thread, each work inside its own savepoint, so that one bad write fails alone. Reads use
-a second connection on a second thread; WAL lets them see every commit without waiting for
-the writer.
+the thread, each work inside its own savepoint, so that one bad write fails alone. The
+writer's connection writes the WAL through a VFS that hands a COMMIT's pages to the kernel in
+a few large writes (`wal_vfs`). Reads use a second connection on a second thread; WAL lets
+them see every commit without waiting for the writer.
 
 An early write (`write_early`: an event's intake row) is acted on as soon as it
 has run inside its group, and that group's COMMIT waits one loop hop, so that the writes it

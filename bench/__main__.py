@@ -47,7 +47,7 @@ def host() -> str:
         f" governor {read(f'{cpuidle}/current_governor_ro')},"
         f" guest_halt_poll_ns {read('/sys/module/haltpoll/parameters/guest_halt_poll_ns')};"
         f" native commit thread {'not built' if Committer is None else 'built'},"
-        f" WAL VFS {'not built' if wal_vfs._wal_vfs is None else 'built'}"
+        f" WAL VFS {'built' if wal_vfs.built() else 'not built'}"
     )
 
 

@@ -13,7 +13,12 @@ try:
 except ImportError:  # built without a C compiler
     _wal_vfs = None  # type: ignore[assignment]
 
-__all__ = ["writer_vfs"]
+__all__ = ["built", "writer_vfs"]
+
+
+def built() -> bool:
+    """Whether the install compiled the extension."""
+    return _wal_vfs is not None
 
 
 def writer_vfs() -> str | None:

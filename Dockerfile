@@ -29,7 +29,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && python -m venv /opt/router/.venv \
     && /opt/router/.venv/bin/pip install /opt/router \
-    && (cd / && /opt/router/.venv/bin/python -c "import router.io._commit, router.io._wal_vfs") \
+    && (cd / && /opt/router/.venv/bin/python -c \
+        "import router.io._commit; from router.io.wal_vfs import usable; assert usable()") \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/* /opt/router/router /opt/router/actors
 ENV PATH=/opt/router/.venv/bin:$PATH

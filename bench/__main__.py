@@ -34,8 +34,9 @@ def host() -> str:
     """What the latency figures rest on besides the code: how busy this machine is, and
     whether an idle vCPU halts at once (a thread woken on it then waits for the hypervisor to
     run the vCPU again; each group commit takes two wake-ups, the commit thread's and then the
-    loop's), and whether the store's native commit thread and WAL VFS were built (without
-    them, a Python thread commits, and SQLite writes the WAL page by page).
+    loop's), whether the store's native commit thread was built (without it, a Python thread
+    commits), and whether its WAL VFS can be used (without it, SQLite writes the WAL page by
+    page).
     `guest_halt_poll_ns` applies only where driver and governor are `haltpoll`."""
     from router.io import wal_vfs
     from router.io.commit_thread import Committer
@@ -47,7 +48,7 @@ def host() -> str:
         f" governor {read(f'{cpuidle}/current_governor_ro')},"
         f" guest_halt_poll_ns {read('/sys/module/haltpoll/parameters/guest_halt_poll_ns')};"
         f" native commit thread {'not built' if Committer is None else 'built'},"
-        f" WAL VFS {'built' if wal_vfs.built() else 'not built'}"
+        f" WAL VFS {'in use' if wal_vfs.usable() else 'not in use'}"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -64,6 +65,9 @@ async def test_a_groups_frames_reach_the_file_in_a_few_writes(tmp_path: Path) ->
         async with opened(tmp_path / "router.db") as store:
             await store.write(lambda c: c.execute("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v)"))
             made = await one_group_of_pages(store, 0, 300)
+            # What the VFS rests on: a sync of the WAL at every commit, before its frames
+            # are published to readers.
+            assert await store.write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
     assert [e["kind"] for e in logs if e["event"] == "store_wal_writes"] == ["coalesced"]
     # 300 pages of frames are about 1.2 MB: some twenty writes of 64 KiB, where SQLite makes
     # two per page (see the next test).
@@ -85,29 +89,96 @@ async def test_without_the_extension_the_writer_writes_frames_page_by_page(
     assert made > 500
 
 
+def put_many(first: int, count: int, size: int) -> Callable[[sqlite3.Connection], None]:
+    def work(c: sqlite3.Connection) -> None:
+        c.executemany(
+            "INSERT INTO blobs VALUES (?, ?)",
+            ((k, bytes(size)) for k in range(first, first + count)),
+        )
+
+    return work
+
+
 async def test_every_frame_held_is_on_disk_once_its_commit_is_reported(tmp_path: Path) -> None:
-    """Groups small and past the VFS's hold (8 MiB, written straight through; the writer then
-    checkpoints on its own, reading the WAL back through the VFS), then read and checkpointed
-    by a connection on the default VFS, and read by a store opened afresh on the file."""
+    """Groups small and past the VFS's hold (8 MiB: a transaction of 10 MB, partly written
+    straight through; the writer then checkpoints on its own, reading the WAL back through the
+    VFS), then read and checkpointed by a connection on the default VFS, and read by a store
+    opened afresh on the file."""
     path = tmp_path / "router.db"
     async with opened(path) as store:
         await store.write(lambda c: c.execute("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v)"))
         await one_group_of_pages(store, 0, 50)
-        await asyncio.gather(*(store.write(put(k, 8000), quick=True) for k in range(50, 1250)))
-        await one_group_of_pages(store, 1250, 50)
+        await store.write(put_many(50, 1250, 8000))
+        await one_group_of_pages(store, 1300, 50)
         plain = sqlite3.connect(path)
         try:
             assert plain.execute("SELECT count(*), sum(length(v)) FROM blobs").fetchone() == (
-                1300,
-                100 * 3000 + 1200 * 8000,
+                1350,
+                100 * 3000 + 1250 * 8000,
             )
             busy, _, _ = plain.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             assert busy == 0  # every frame went into the database
         finally:
             plain.close()
         assert (path.parent / "router.db-wal").stat().st_size == 0
-        await one_group_of_pages(store, 1300, 50)
+        await one_group_of_pages(store, 1350, 50)
     async with opened(path) as again:
         rows = await again.read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone()[0])
         check = await again.read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])
-    assert (rows, check) == (1350, "ok")
+    assert (rows, check) == (1400, "ok")
+
+
+# A process whose files may not grow past a limit: a COMMIT whose held frames cannot be
+# written out must fail, whichever call wrote them out, and the next one, with room again,
+# must land whole.
+_FILE_SIZE_LIMIT = """
+import resource, signal, sqlite3, sys
+from pathlib import Path
+from router.io.store import connect, migrate
+from router.io.wal_vfs import writer_vfs
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+path = Path(sys.argv[1])
+conn = connect(path, writer_vfs())
+conn.execute("PRAGMA wal_autocheckpoint=0")
+conn.execute("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v)")
+conn.execute("INSERT INTO blobs VALUES (0, zeroblob(3000))")
+wal = path.parent / (path.name + "-wal")
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (wal.stat().st_size + 100_000, hard))
+conn.execute("BEGIN")
+conn.executemany("INSERT INTO blobs VALUES (?, zeroblob(3000))", [(k,) for k in range(1, 300)])
+try:
+    conn.execute("COMMIT")
+    print("committed")
+except sqlite3.Error as exc:
+    print(type(exc).__name__)
+if conn.in_transaction:
+    conn.execute("ROLLBACK")
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+conn.execute("INSERT INTO blobs VALUES (1000, zeroblob(3000))")
+print(conn.execute("SELECT count(*) FROM blobs").fetchone()[0])
+"""
+
+
+async def test_a_commit_whose_frames_cannot_be_written_fails_and_the_next_lands(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "router.db"
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FILE_SIZE_LIMIT,
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    assert out.decode().splitlines()[-2:] == ["OperationalError", "2"]  # after its log line
+    plain = sqlite3.connect(path)
+    try:
+        assert plain.execute("SELECT k FROM blobs ORDER BY k").fetchall() == [(0,), (1000,)]
+        assert plain.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        plain.close()

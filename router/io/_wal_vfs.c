@@ -6,10 +6,15 @@
  * pages: two hundred system calls on the commit's path. Here the WAL file's writes that
  * follow one another are kept in memory and written out, 64 KiB at a time, before anything
  * else touches the file: its sync, a read, its size, a truncation, a file control, a write
- * elsewhere, its close. SQLite publishes frames to readers (the WAL index) only after that
- * sync, so nothing can read a frame still held here; a process that dies while frames are
- * held dies before the sync, as if it had died before writing them, and that commit was
- * never reported. Every other file, and every other call, goes to the default VFS unchanged.
+ * elsewhere, its close. With `synchronous` FULL or EXTRA, SQLite syncs the WAL at every
+ * commit and publishes its frames to readers (the WAL index) only after that sync, so nothing
+ * can read a frame still held here; a process that dies while frames are held dies before
+ * the sync, as if it had died before writing them, and that commit was never reported. So
+ * the store opens only such a connection through it (`router.io.store`), and a WAL file whose
+ * sector writes are not power-safe (SQLite then pads a commit and writes past its sync) is
+ * never held. A write-out that fails is reported by the next sync too, so a commit whose
+ * frames were lost never succeeds. Every other file, and every other call, goes to the
+ * default VFS unchanged.
  *
  * The structures below are SQLite's own (sqlite3.h, stable since 3.7), declared here so the
  * build needs no SQLite headers. The functions are looked up in the library the sqlite3
@@ -75,17 +80,21 @@ struct sqlite3_vfs {
 };
 #define SQLITE_OK 0
 #define SQLITE_OPEN_WAL 0x00080000
+#define SQLITE_IOCAP_POWERSAFE_OVERWRITE 0x00001000
 
 #define VFS_NAME "router-wal"
 /* The default VFS writes at most 128 KiB - 1 per call (os_unix.c). */
 #define PIECE (64 * 1024)
-/* Past this, held frames are written out and the rest of the commit goes straight through. */
+/* A write that would hold more is written straight through, after what is held. */
 #define HOLD_LIMIT (8 * 1024 * 1024)
+/* A buffer grown past this by a large commit is freed at its sync. */
+#define KEEP_LIMIT (1024 * 1024)
 
 typedef struct {
     sqlite3_file base;
     sqlite3_file *real; /* the default VFS's file, right after this struct */
-    int wal;
+    int wal;            /* its writes are held */
+    int failed;         /* a write-out's error, not yet reported by a sync */
     int held;           /* bytes held, from `at` on */
     int cap;
     sqlite3_int64 at;
@@ -104,8 +113,10 @@ static int write_out(WalFile *p) {
     for (int done = 0; done < n; done += PIECE) {
         int piece = n - done < PIECE ? n - done : PIECE;
         int rc = p->real->pMethods->xWrite(p->real, p->buf + done, piece, p->at + done);
-        if (rc != SQLITE_OK)
+        if (rc != SQLITE_OK) {
+            p->failed = rc; /* what was held is gone: the next sync must fail too */
             return rc;
+        }
     }
     return SQLITE_OK;
 }
@@ -168,7 +179,20 @@ static int wTruncate(sqlite3_file *f, sqlite3_int64 size) {
     return CALL(f, xTruncate, size);
 }
 static int wSync(sqlite3_file *f, int flags) {
-    FIRST_WRITE_OUT(f);
+    WalFile *p = (WalFile *)f;
+    int rc = p->held > 0 ? write_out(p) : SQLITE_OK;
+    if (p->failed != SQLITE_OK) { /* reported once, by the sync of the commit it broke */
+        rc = p->failed;
+        p->failed = SQLITE_OK;
+        return rc;
+    }
+    if (rc != SQLITE_OK)
+        return rc;
+    if (p->cap > KEEP_LIMIT) {
+        free(p->buf);
+        p->buf = NULL;
+        p->cap = 0;
+    }
     return CALL(f, xSync, flags);
 }
 static int wFileSize(sqlite3_file *f, sqlite3_int64 *size) {
@@ -220,7 +244,9 @@ static int wOpen(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, i
         p->base.pMethods = NULL;
         return rc != SQLITE_OK ? rc : 1 /* SQLITE_ERROR */;
     }
-    p->wal = (flags & SQLITE_OPEN_WAL) != 0;
+    int powersafe = p->real->pMethods->xDeviceCharacteristics(p->real) &
+                    SQLITE_IOCAP_POWERSAFE_OVERWRITE;
+    p->wal = (flags & SQLITE_OPEN_WAL) != 0 && powersafe;
     p->base.pMethods = &methods[(version > 3 ? 3 : version) - 1];
     return SQLITE_OK;
 }

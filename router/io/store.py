@@ -298,6 +298,8 @@ def connect(path: Path, vfs: str | None = None) -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
+    # FULL syncs the WAL at every commit before its frames are published to readers, which
+    # is what lets the writer's VFS hold them until that sync.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn

@@ -1,7 +1,9 @@
 """The VFS of the store's writer connection (`_wal_vfs.c`): a COMMIT's WAL frames reach the
 kernel in a few large writes, written out before the file's sync, instead of two small writes
-per page. Where the extension is not built, or SQLite's default VFS cannot be wrapped, the
-writer uses the default VFS: the same bytes on disk, written page by page.
+per page. Only for a connection with `synchronous` FULL or EXTRA (`store.connect`): SQLite
+then syncs the WAL at every commit before it publishes the commit's frames. Where the
+extension is not built, or SQLite's default VFS cannot be wrapped, the writer uses the
+default VFS: the same bytes on disk, written page by page.
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ try:
 except ImportError:  # built without a C compiler
     _wal_vfs = None  # type: ignore[assignment]
 
-__all__ = ["built", "writer_vfs"]
+__all__ = ["usable", "writer_vfs"]
 
 
-def built() -> bool:
-    """Whether the install compiled the extension."""
-    return _wal_vfs is not None
+def usable() -> bool:
+    """Whether the extension is built and registers with the sqlite3 module's SQLite (it
+    cannot where that SQLite is linked into the module, out of the extension's reach)."""
+    if _wal_vfs is None:
+        return False
+    try:
+        import _sqlite3
+
+        _wal_vfs.register(_sqlite3.__file__)
+    except (ImportError, AttributeError, OSError):
+        return False
+    return True
 
 
 def writer_vfs() -> str | None:

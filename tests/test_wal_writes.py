@@ -129,25 +129,26 @@ async def test_every_frame_held_is_on_disk_once_its_commit_is_reported(tmp_path:
 
 
 # A process whose files may not grow past a limit: a COMMIT whose held frames cannot be
-# written out must fail, whichever call wrote them out, and the next one, with room again,
-# must land whole.
+# written out must fail, whichever call wrote them out (the sync, or a write past the hold),
+# and the next one, with room again, must land whole.
 _FILE_SIZE_LIMIT = """
 import resource, signal, sqlite3, sys
 from pathlib import Path
-from router.io.store import connect, migrate
+from router.io.store import connect
 from router.io.wal_vfs import writer_vfs
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-path = Path(sys.argv[1])
+path, rows, room = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 conn = connect(path, writer_vfs())
+conn.execute("PRAGMA cache_spill=OFF")  # as the store's writer: a commit's frames in its commit
 conn.execute("PRAGMA wal_autocheckpoint=0")
 conn.execute("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v)")
 conn.execute("INSERT INTO blobs VALUES (0, zeroblob(3000))")
 wal = path.parent / (path.name + "-wal")
 soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-resource.setrlimit(resource.RLIMIT_FSIZE, (wal.stat().st_size + 100_000, hard))
+resource.setrlimit(resource.RLIMIT_FSIZE, (wal.stat().st_size + room, hard))
 conn.execute("BEGIN")
-conn.executemany("INSERT INTO blobs VALUES (?, zeroblob(3000))", [(k,) for k in range(1, 300)])
+conn.executemany("INSERT INTO blobs VALUES (?, zeroblob(3000))", [(k,) for k in range(1, rows)])
 try:
     conn.execute("COMMIT")
     print("committed")
@@ -156,29 +157,40 @@ except sqlite3.Error as exc:
 if conn.in_transaction:
     conn.execute("ROLLBACK")
 resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-conn.execute("INSERT INTO blobs VALUES (1000, zeroblob(3000))")
+conn.execute("INSERT INTO blobs VALUES (1000000, zeroblob(3000))")
 print(conn.execute("SELECT count(*) FROM blobs").fetchone()[0])
 """
 
 
+@pytest.mark.parametrize(
+    ("rows", "room"),
+    [(300, 100_000), (2_600, 1_000_000)],
+    ids=["written_out_at_the_sync", "written_out_past_the_hold"],
+)
 async def test_a_commit_whose_frames_cannot_be_written_fails_and_the_next_lands(
-    tmp_path: Path,
+    tmp_path: Path, rows: int, room: int
 ) -> None:
+    """About 1.2 MB of frames, held until the sync; then about 10 MB, written out when the
+    hold (8 MiB) is full, before the sync."""
     path = tmp_path / "router.db"
     done = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         _FILE_SIZE_LIMIT,
         str(path),
+        str(rows),
+        str(room),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await done.communicate()
     assert done.returncode == 0, err.decode()
-    assert out.decode().splitlines()[-2:] == ["OperationalError", "2"]  # after its log line
+    *logged, failed, count = out.decode().splitlines()
+    assert any("store_wal_writes" in line and "coalesced" in line for line in logged)
+    assert (failed, count) == ("OperationalError", "2")
     plain = sqlite3.connect(path)
     try:
-        assert plain.execute("SELECT k FROM blobs ORDER BY k").fetchall() == [(0,), (1000,)]
+        assert plain.execute("SELECT k FROM blobs ORDER BY k").fetchall() == [(0,), (1000000,)]
         assert plain.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         plain.close()

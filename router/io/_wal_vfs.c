@@ -10,11 +10,12 @@
  * commit and publishes its frames to readers (the WAL index) only after that sync, so nothing
  * can read a frame still held here; a process that dies while frames are held dies before
  * the sync, as if it had died before writing them, and that commit was never reported. So
- * the store opens only such a connection through it (`router.io.store`), and a WAL file whose
- * sector writes are not power-safe (SQLite then pads a commit and writes past its sync) is
- * never held. A write-out that fails is reported by the next sync too, so a commit whose
- * frames were lost never succeeds. Every other file, and every other call, goes to the
- * default VFS unchanged.
+ * the store opens only such a connection through it (`router.io.store`). Nor are frames held
+ * once a database opened through it is not power-safe (SQLite then pads a commit and writes
+ * its last frame again after the sync). A write-out that fails fails the call that made it:
+ * the store's writer keeps its cache from spilling (`cache_spill` off), so all of a commit's
+ * frames are written inside that commit, which then fails. Every other file, and every other
+ * call, goes to the default VFS unchanged.
  *
  * The structures below are SQLite's own (sqlite3.h, stable since 3.7), declared here so the
  * build needs no SQLite headers. The functions are looked up in the library the sqlite3
@@ -79,8 +80,10 @@ struct sqlite3_vfs {
     const char *(*xNextSystemCall)(sqlite3_vfs *, const char *);
 };
 #define SQLITE_OK 0
+#define SQLITE_OPEN_MAIN_DB 0x00000100
 #define SQLITE_OPEN_WAL 0x00080000
 #define SQLITE_IOCAP_POWERSAFE_OVERWRITE 0x00001000
+#define SQLITE_FCNTL_POWERSAFE_OVERWRITE 13
 
 #define VFS_NAME "router-wal"
 /* The default VFS writes at most 128 KiB - 1 per call (os_unix.c). */
@@ -88,13 +91,12 @@ struct sqlite3_vfs {
 /* A write that would hold more is written straight through, after what is held. */
 #define HOLD_LIMIT (8 * 1024 * 1024)
 /* A buffer grown past this by a large commit is freed at its sync. */
-#define KEEP_LIMIT (1024 * 1024)
+#define KEEP_LIMIT (4 * 1024 * 1024)
 
 typedef struct {
     sqlite3_file base;
     sqlite3_file *real; /* the default VFS's file, right after this struct */
     int wal;            /* its writes are held */
-    int failed;         /* a write-out's error, not yet reported by a sync */
     int held;           /* bytes held, from `at` on */
     int cap;
     sqlite3_int64 at;
@@ -103,6 +105,9 @@ typedef struct {
 
 static sqlite3_vfs *root; /* the default VFS, which does all the work */
 static sqlite3_vfs vfs;
+/* Set for good once a database opened through this VFS is not power-safe: SQLite decides
+ * from the database file whether to write a commit's last frame again after its sync. */
+static volatile int not_powersafe;
 
 #define REAL(f) (((WalFile *)(f))->real)
 #define CALL(f, method, ...) (REAL(f)->pMethods->method(REAL(f), __VA_ARGS__))
@@ -113,10 +118,8 @@ static int write_out(WalFile *p) {
     for (int done = 0; done < n; done += PIECE) {
         int piece = n - done < PIECE ? n - done : PIECE;
         int rc = p->real->pMethods->xWrite(p->real, p->buf + done, piece, p->at + done);
-        if (rc != SQLITE_OK) {
-            p->failed = rc; /* what was held is gone: the next sync must fail too */
+        if (rc != SQLITE_OK)
             return rc;
-        }
     }
     return SQLITE_OK;
 }
@@ -172,7 +175,10 @@ static int wRead(sqlite3_file *f, void *b, int n, sqlite3_int64 at) {
 }
 static int wWrite(sqlite3_file *f, const void *b, int n, sqlite3_int64 at) {
     WalFile *p = (WalFile *)f;
-    return p->wal ? hold(p, b, n, at) : CALL(f, xWrite, b, n, at);
+    if (p->wal && !not_powersafe)
+        return hold(p, b, n, at);
+    FIRST_WRITE_OUT(f);
+    return CALL(f, xWrite, b, n, at);
 }
 static int wTruncate(sqlite3_file *f, sqlite3_int64 size) {
     FIRST_WRITE_OUT(f);
@@ -181,11 +187,6 @@ static int wTruncate(sqlite3_file *f, sqlite3_int64 size) {
 static int wSync(sqlite3_file *f, int flags) {
     WalFile *p = (WalFile *)f;
     int rc = p->held > 0 ? write_out(p) : SQLITE_OK;
-    if (p->failed != SQLITE_OK) { /* reported once, by the sync of the commit it broke */
-        rc = p->failed;
-        p->failed = SQLITE_OK;
-        return rc;
-    }
     if (rc != SQLITE_OK)
         return rc;
     if (p->cap > KEEP_LIMIT) {
@@ -203,6 +204,8 @@ static int wLock(sqlite3_file *f, int level) { return CALL(f, xLock, level); }
 static int wUnlock(sqlite3_file *f, int level) { return CALL(f, xUnlock, level); }
 static int wReserved(sqlite3_file *f, int *out) { return CALL(f, xCheckReservedLock, out); }
 static int wFileControl(sqlite3_file *f, int op, void *arg) {
+    if (op == SQLITE_FCNTL_POWERSAFE_OVERWRITE && arg != NULL && *(int *)arg == 0)
+        not_powersafe = 1; /* set off (a negative value only asks) */
     FIRST_WRITE_OUT(f);
     return CALL(f, xFileControl, op, arg);
 }
@@ -246,7 +249,9 @@ static int wOpen(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, i
     }
     int powersafe = p->real->pMethods->xDeviceCharacteristics(p->real) &
                     SQLITE_IOCAP_POWERSAFE_OVERWRITE;
-    p->wal = (flags & SQLITE_OPEN_WAL) != 0 && powersafe;
+    if ((flags & SQLITE_OPEN_MAIN_DB) && !powersafe)
+        not_powersafe = 1;
+    p->wal = (flags & SQLITE_OPEN_WAL) != 0 && !not_powersafe;
     p->base.pMethods = &methods[(version > 3 ? 3 : version) - 1];
     return SQLITE_OK;
 }

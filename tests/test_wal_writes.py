@@ -194,3 +194,47 @@ async def test_a_commit_whose_frames_cannot_be_written_fails_and_the_next_lands(
         assert plain.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         plain.close()
+
+
+# SQLite pads a commit of a database that is not power-safe and writes its last frame again
+# after the sync: such a database's WAL is never held, and no other after it in the process.
+_NOT_POWERSAFE = """
+import sqlite3, sys
+from pathlib import Path
+from router.io.wal_vfs import writer_vfs
+
+def writes():
+    line = next(l for l in Path("/proc/self/io").read_text().splitlines() if l.startswith("syscw:"))
+    return int(line.split()[1])
+
+vfs = writer_vfs()
+for name, query in (("a.db", "&psow=0"), ("b.db", "")):
+    uri = (Path(sys.argv[1]) / name).absolute().as_uri() + f"?vfs={vfs}" + query
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v)")
+    before = writes()
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO blobs VALUES (?, zeroblob(3000))", [(k,) for k in range(300)])
+    conn.execute("COMMIT")
+    print(writes() - before)
+    conn.close()
+"""
+
+
+async def test_a_database_that_is_not_powersafe_has_its_wal_written_page_by_page(
+    tmp_path: Path,
+) -> None:
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _NOT_POWERSAFE,
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    padded, after = (int(line) for line in out.decode().splitlines()[-2:])  # after its log line
+    assert (padded > 500, after > 500) == (True, True)

@@ -13,8 +13,9 @@
  * the store opens only such a connection through it (`router.io.store`). Nor are frames held
  * once a database opened through it is not power-safe (SQLite then pads a commit and writes
  * its last frame again after the sync). A write-out that fails fails the call that made it:
- * the store's writer keeps its cache from spilling (`cache_spill` off), so all of a commit's
- * frames are written inside that commit, which then fails. Every other file, and every other
+ * the store's writer keeps its cache from spilling (`cache_spill` off, its migrations run on
+ * another connection), so all of a commit's frames are written inside that commit, which
+ * then fails. Every other file, and every other
  * call, goes to the default VFS unchanged.
  *
  * The structures below are SQLite's own (sqlite3.h, stable since 3.7), declared here so the
@@ -105,8 +106,9 @@ typedef struct {
 
 static sqlite3_vfs *root; /* the default VFS, which does all the work */
 static sqlite3_vfs vfs;
-/* Set for good once a database opened through this VFS is not power-safe: SQLite decides
- * from the database file whether to write a commit's last frame again after its sync. */
+/* Set for good once a database opened through this VFS is not power-safe (`psow=0` in its
+ * URI, or a build without power-safe overwrites): SQLite decides from the database file,
+ * when it opens the WAL, whether to write a commit's last frame again after its sync. */
 static volatile int not_powersafe;
 
 #define REAL(f) (((WalFile *)(f))->real)
@@ -205,7 +207,7 @@ static int wUnlock(sqlite3_file *f, int level) { return CALL(f, xUnlock, level);
 static int wReserved(sqlite3_file *f, int *out) { return CALL(f, xCheckReservedLock, out); }
 static int wFileControl(sqlite3_file *f, int op, void *arg) {
     if (op == SQLITE_FCNTL_POWERSAFE_OVERWRITE && arg != NULL && *(int *)arg == 0)
-        not_powersafe = 1; /* set off (a negative value only asks) */
+        not_powersafe = 1; /* set off (a negative value only asks): on the safe side */
     FIRST_WRITE_OUT(f);
     return CALL(f, xFileControl, op, arg);
 }

@@ -356,9 +356,16 @@ class Store:
         """Create the file and schema; sqlite3/OS errors go to the caller, who names the path."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         make_private(self.path)
-        conn = connect(self.path, writer_vfs())
+        conn = connect(self.path)
         self.identity = FileIdentity.of(self.path)
         migrate(conn)
+        vfs = writer_vfs()
+        if vfs is not None:
+            # The writer's VFS holds WAL frames until the commit's sync, so its connection
+            # must never spill frames mid-transaction (kept from it below); a migration may
+            # outgrow the cache, and runs on the default VFS before it.
+            conn.close()
+            conn = connect(self.path, vfs)
         # A lock held by another process must never stall the loop: the loop's BEGIN fails
         # at once, and the group waits for the lock on the writer thread instead. That holds
         # in WAL mode only, where a commit never waits for readers; on a file system that

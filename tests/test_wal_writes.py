@@ -41,6 +41,23 @@ def write_calls() -> int:
     raise AssertionError("no syscw in /proc/self/io")
 
 
+async def run_script(script: str, *args: str) -> list[str]:
+    """`script` in a Python process of its own, from the checkout: what it printed, its log
+    lines first."""
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        cwd=Path(__file__).parents[1],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    return out.decode().splitlines()
+
+
 def put(k: int, size: int) -> Callable[[sqlite3.Connection], int]:
     return lambda c: c.execute("INSERT INTO blobs VALUES (?, ?)", (k, bytes(size))).rowcount
 
@@ -173,19 +190,7 @@ async def test_a_commit_whose_frames_cannot_be_written_fails_and_the_next_lands(
     """About 1.2 MB of frames, held until the sync; then about 10 MB, written out when the
     hold (8 MiB) is full, before the sync."""
     path = tmp_path / "router.db"
-    done = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _FILE_SIZE_LIMIT,
-        str(path),
-        str(rows),
-        str(room),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await done.communicate()
-    assert done.returncode == 0, err.decode()
-    *logged, failed, count = out.decode().splitlines()
+    *logged, failed, count = await run_script(_FILE_SIZE_LIMIT, str(path), str(rows), str(room))
     assert any("store_wal_writes" in line and "coalesced" in line for line in logged)
     assert (failed, count) == ("OperationalError", "2")
     plain = sqlite3.connect(path)
@@ -202,10 +207,7 @@ _NOT_POWERSAFE = """
 import sqlite3, sys
 from pathlib import Path
 from router.io.wal_vfs import writer_vfs
-
-def writes():
-    line = next(l for l in Path("/proc/self/io").read_text().splitlines() if l.startswith("syscw:"))
-    return int(line.split()[1])
+from tests.test_wal_writes import write_calls
 
 vfs = writer_vfs()
 for name, query in (("a.db", "&psow=0"), ("b.db", "")):
@@ -214,11 +216,11 @@ for name, query in (("a.db", "&psow=0"), ("b.db", "")):
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v)")
-    before = writes()
+    before = write_calls()
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO blobs VALUES (?, zeroblob(3000))", [(k,) for k in range(300)])
     conn.execute("COMMIT")
-    print(writes() - before)
+    print(write_calls() - before)
     conn.close()
 """
 
@@ -226,15 +228,6 @@ for name, query in (("a.db", "&psow=0"), ("b.db", "")):
 async def test_a_database_that_is_not_powersafe_has_its_wal_written_page_by_page(
     tmp_path: Path,
 ) -> None:
-    done = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _NOT_POWERSAFE,
-        str(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await done.communicate()
-    assert done.returncode == 0, err.decode()
-    padded, after = (int(line) for line in out.decode().splitlines()[-2:])  # after its log line
+    printed = await run_script(_NOT_POWERSAFE, str(tmp_path))
+    padded, after = (int(line) for line in printed[-2:])  # after its log line
     assert (padded > 500, after > 500) == (True, True)

@@ -15,8 +15,7 @@
  * its last frame again after the sync). A write-out that fails fails the call that made it:
  * the store's writer keeps its cache from spilling (`cache_spill` off, its migrations run on
  * another connection), so all of a commit's frames are written inside that commit, which
- * then fails. Every other file, and every other
- * call, goes to the default VFS unchanged.
+ * then fails. Every other file, and every other call, goes to the default VFS unchanged.
  *
  * The structures below are SQLite's own (sqlite3.h, stable since 3.7), declared here so the
  * build needs no SQLite headers. The functions are looked up in the library the sqlite3
@@ -188,9 +187,7 @@ static int wTruncate(sqlite3_file *f, sqlite3_int64 size) {
 }
 static int wSync(sqlite3_file *f, int flags) {
     WalFile *p = (WalFile *)f;
-    int rc = p->held > 0 ? write_out(p) : SQLITE_OK;
-    if (rc != SQLITE_OK)
-        return rc;
+    FIRST_WRITE_OUT(f);
     if (p->cap > KEEP_LIMIT) {
         free(p->buf);
         p->buf = NULL;

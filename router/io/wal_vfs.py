@@ -18,33 +18,33 @@ except ImportError:  # built without a C compiler
 __all__ = ["usable", "writer_vfs"]
 
 
+def _register() -> tuple[str | None, str | None]:
+    """The VFS's name once registered with the sqlite3 module's SQLite, or why it is not."""
+    if _wal_vfs is None:
+        return None, None  # not built: nothing to say beyond that
+    try:
+        import _sqlite3
+
+        return _wal_vfs.register(_sqlite3.__file__), None
+    except (ImportError, AttributeError, OSError) as exc:
+        return None, str(exc)
+
+
 def usable() -> bool:
     """Whether the extension is built and registers with the sqlite3 module's SQLite (it
     cannot where that SQLite is linked into the module, out of the extension's reach)."""
-    if _wal_vfs is None:
-        return False
-    try:
-        import _sqlite3
-
-        _wal_vfs.register(_sqlite3.__file__)
-    except (ImportError, AttributeError, OSError):
-        return False
-    return True
+    return _register()[0] is not None
 
 
 def writer_vfs() -> str | None:
-    """The name of the VFS to open the writer's connection with, registered with the SQLite
-    the sqlite3 module loaded on first use; None for the default VFS."""
+    """The name of the VFS to open the writer's connection with, registered on first use;
+    None for the default VFS."""
     log = structlog.get_logger("router.store")
-    if _wal_vfs is None:
+    name, reason = _register()
+    if name is not None:
+        log.info("store_wal_writes", kind="coalesced")
+    elif reason is None:
         log.info("store_wal_writes", kind="page_by_page")
-        return None
-    try:
-        import _sqlite3
-
-        name = _wal_vfs.register(_sqlite3.__file__)
-    except (ImportError, AttributeError, OSError) as exc:
-        log.warning("store_wal_writes", kind="page_by_page", reason=str(exc))
-        return None
-    log.info("store_wal_writes", kind="coalesced")
+    else:
+        log.warning("store_wal_writes", kind="page_by_page", reason=reason)
     return name
